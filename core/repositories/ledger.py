@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from core.models import CreditTransaction
+from core.repositories.base import Page, keyset_page
+
+
+async def add(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    action: str,
+    amount: int,
+    balance_before: int,
+    balance_after: int,
+    meta: dict[str, Any] | None = None,
+    success: bool = True,
+) -> CreditTransaction:
+    row = CreditTransaction(
+        user_id=user_id,
+        action=action,
+        amount=amount,
+        balance_before=balance_before,
+        balance_after=balance_after,
+        meta=meta or {},
+        success=success,
+    )
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def get(session: AsyncSession, *, transaction_id: int) -> CreditTransaction | None:
+    return await session.get(CreditTransaction, transaction_id)
+
+
+async def page_for_user(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    cursor: str | None = None,
+    limit: int = 50,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Page[CreditTransaction]:
+    stmt = select(CreditTransaction).where(col(CreditTransaction.user_id) == user_id)
+    if action:
+        stmt = stmt.where(col(CreditTransaction.action) == action)
+    if since is not None:
+        stmt = stmt.where(col(CreditTransaction.created_at) >= since)
+    if until is not None:
+        stmt = stmt.where(col(CreditTransaction.created_at) < until)
+    return await keyset_page(
+        session, stmt, id_column=col(CreditTransaction.id), cursor=cursor, limit=limit
+    )
+
+
+async def iter_for_user(
+    session: AsyncSession, *, user_id: int, batch: int = 1000
+) -> AsyncIterator[CreditTransaction]:
+    """Every row of a user's ledger, oldest first, in batches."""
+    after = 0
+    while True:
+        stmt = (
+            select(CreditTransaction)
+            .where(col(CreditTransaction.user_id) == user_id, col(CreditTransaction.id) > after)
+            .order_by(col(CreditTransaction.id))
+            .limit(batch)
+        )
+        rows = (await session.scalars(stmt)).all()
+        for row in rows:
+            yield row
+        if len(rows) < batch:
+            return
+        after = rows[-1].id or 0
+
+
+async def actions_for_user(session: AsyncSession, *, user_id: int) -> list[str]:
+    stmt = (
+        select(col(CreditTransaction.action))
+        .where(col(CreditTransaction.user_id) == user_id)
+        .group_by(col(CreditTransaction.action))
+        .order_by(col(CreditTransaction.action))
+    )
+    return [str(a) for a in (await session.scalars(stmt)).all()]
+
+
+async def spending_by_action(
+    session: AsyncSession, *, user_id: int, since: datetime | None = None
+) -> dict[str, int]:
+    stmt = select(col(CreditTransaction.action), func.sum(col(CreditTransaction.amount))).where(
+        col(CreditTransaction.user_id) == user_id, col(CreditTransaction.amount) < 0
+    )
+    if since is not None:
+        stmt = stmt.where(col(CreditTransaction.created_at) >= since)
+    rows = (await session.execute(stmt.group_by(col(CreditTransaction.action)))).all()
+    return {str(action): -int(total) for action, total in rows}

@@ -1,0 +1,63 @@
+"""One place wires everything: the bot, the web app, the CLI and the tests all use `Services`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+
+from core.config import Settings
+from core.db import Database
+from core.events import EventBus, LocalEventBus
+from core.repositories import plans
+from core.services.credits import CreditsService
+from core.services.users import UserService
+
+log = logging.getLogger(__name__)
+
+
+class Services:
+    def __init__(self, settings: Settings, db: Database, events: EventBus | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.events: EventBus = events or LocalEventBus()
+        self.credits = CreditsService(db, self.events)
+        self.users = UserService(db, self.events, self.credits, settings.credits_default_plan)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        return cls(settings, Database.from_url(settings.database_url, echo=settings.database_echo))
+
+    async def start(self) -> None:
+        """Seed what every database needs; migrations have already run."""
+        async with self.db.transaction() as session:
+            await plans.ensure_defaults(session)
+        await self.events.start()
+
+    async def close(self) -> None:
+        await self.events.close()
+        await self.db.dispose()
+
+    async def __aenter__(self) -> Services:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Services]:
+    """Migrate (when asked), then open every service; closes them on the way out."""
+    if migrate:
+        from core.migrate import upgrade
+
+        await upgrade(settings.database_url)
+    async with Services.from_settings(settings) as services:
+        yield services
