@@ -4,7 +4,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import Guild
+from core.models import Guild, utcnow
 
 
 async def get(session: AsyncSession, *, guild_id: int) -> Guild | None:
@@ -14,7 +14,11 @@ async def get(session: AsyncSession, *, guild_id: int) -> Guild | None:
 async def ensure(session: AsyncSession, *, guild_id: int, name: str = "") -> Guild:
     """Insert the guild if it is new (safe under concurrent callers) and return it."""
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(Guild).values(id=guild_id, name=name[:100]).on_conflict_do_nothing()
+    stmt = (
+        insert(Guild)
+        .values(id=guild_id, name=name[:100], entrance_sounds_enabled=True, created_at=utcnow())
+        .on_conflict_do_nothing()
+    )
     await session.execute(stmt)
     guild = await session.get(Guild, guild_id)
     assert guild is not None

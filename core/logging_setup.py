@@ -1,0 +1,82 @@
+"""Console plus a size-rotated log file; secrets are masked before anything is written."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import sys
+
+from core.config import Settings
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_SECRET_PATTERNS = (
+    # Discord bot tokens: three base64 segments separated by dots.
+    re.compile(r"[MNO][A-Za-z\d_-]{23,27}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,40}"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(
+        r"(?i)((?:token|secret|password|code_verifier|client_secret)[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,]+"
+    ),
+    re.compile(r"sb_[A-Za-z0-9_-]{20,}"),  # our API tokens
+)
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 6:
+            text = text.replace(secret, "[redacted]")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]", text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message, self.secrets)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def configure_logging(settings: Settings, *, console: bool = True) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(settings.log_level)
+    secrets = (
+        settings.discord_token,
+        settings.session_secret,
+        settings.oauth_discord_client_secret,
+        settings.oauth_github_client_secret,
+        settings.oauth_google_client_secret,
+        settings.oauth_oidc_client_secret,
+    )
+    redactor = RedactingFilter(tuple(s for s in secrets if s))
+    formatter = logging.Formatter(FORMAT)
+    handlers: list[logging.Handler] = []
+    if console:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    if settings.log_file is not None:
+        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                settings.log_file,
+                maxBytes=settings.log_max_bytes,
+                backupCount=settings.log_backup_count,
+                encoding="utf-8",
+            )
+        )
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(redactor)
+        root.addHandler(handler)
+    # Library chatter stays out of the way unless we are debugging.
+    for noisy in ("discord", "aiohttp.access", "sqlalchemy.engine", "alembic"):
+        logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))

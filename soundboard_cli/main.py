@@ -1,0 +1,72 @@
+"""The `soundboard` command line: runs the bot and the web app, and the operator's tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from core.config import ConfigError, Settings, load_settings
+from core.errors import SoundboardError
+from core.logging_setup import configure_logging
+from soundboard_cli import commands_credits, commands_serve, commands_users
+from soundboard_cli.output import err
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+# Command groups register themselves here; each adds its subcommands and handlers.
+COMMAND_MODULES = [commands_serve, commands_users, commands_credits]
+
+
+def _optional_modules() -> list[object]:
+    modules: list[object] = []
+    for name in ("soundboard_cli.commands_sounds", "soundboard_cli.commands_extract"):
+        try:
+            modules.append(__import__(name, fromlist=["register"]))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="soundboard",
+        description="A self-hosted Discord soundboard bot with a credits ledger and a web app.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in [*COMMAND_MODULES, *_optional_modules()]:
+        module.register(sub)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        err(f"error: {exc}")
+        return 2
+    configure_logging(settings, console=getattr(args, "log_console", False))
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(args, settings))
+    except KeyboardInterrupt:
+        return 130
+    except (SoundboardError, ConfigError) as exc:
+        err(f"error: {exc}")
+        return 1
+    except Exception as exc:
+        log.exception("command %s failed", args.command)
+        err(f"error: {type(exc).__name__}: {exc} (details in {settings.log_file})")
+        return 1
+
+
+def entrypoint() -> None:
+    sys.exit(main())
