@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     oauth_discord_authorize_url: str = "https://discord.com/oauth2/authorize"
     oauth_discord_token_url: str = "https://discord.com/api/oauth2/token"
     oauth_discord_userinfo_url: str = "https://discord.com/api/users/@me"
+    oauth_discord_cdn_url: str = "https://cdn.discordapp.com"
     oauth_github_client_id: str = ""
     oauth_github_client_secret: str = ""
     oauth_github_authorize_url: str = "https://github.com/login/oauth/authorize"

@@ -45,3 +45,23 @@ async def count_for_user(session: AsyncSession, *, user_id: int) -> int:
 async def unlink(session: AsyncSession, *, row: UserOAuth) -> None:
     await session.delete(row)
     await session.flush()
+
+
+async def get(session: AsyncSession, *, identity_id: int) -> UserOAuth | None:
+    return await session.get(UserOAuth, identity_id)
+
+
+async def get_for_user_provider(
+    session: AsyncSession, *, user_id: int, provider: str
+) -> UserOAuth | None:
+    stmt = select(UserOAuth).where(
+        col(UserOAuth.user_id) == user_id, col(UserOAuth.provider) == provider
+    )
+    return (await session.scalars(stmt)).first()
+
+
+async def update_username(session: AsyncSession, *, row: UserOAuth, username: str | None) -> None:
+    if username and row.username != username:
+        row.username = username[:255]
+        session.add(row)
+        await session.flush()

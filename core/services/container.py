@@ -10,9 +10,14 @@ from types import TracebackType
 from core.config import Settings
 from core.db import Database
 from core.events import EventBus, LocalEventBus
+from core.metrics import Metrics
 from core.repositories import plans
+from core.services.accounts import AccountService
 from core.services.credits import CreditsService
+from core.services.scanner import Scanner
+from core.services.sounds import SoundService
 from core.services.users import UserService
+from core.storage import LocalStorage
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,11 @@ class Services:
         self.events: EventBus = events or LocalEventBus()
         self.credits = CreditsService(db, self.events)
         self.users = UserService(db, self.events, self.credits, settings.credits_default_plan)
+        self.accounts = AccountService(db, self.users, self.credits)
+        self.metrics = Metrics()
+        self.storage = LocalStorage(settings.sounds_dir)
+        self.sounds = SoundService(db, settings, self.storage)
+        self.scanner = Scanner(db, self.sounds)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -33,6 +43,9 @@ class Services:
         """Seed what every database needs; migrations have already run."""
         async with self.db.transaction() as session:
             await plans.ensure_defaults(session)
+        self.storage.ensure_layout()
+        # Only old temporaries: another process may be writing a fresh one right now.
+        self.storage.clean_temp(older_than_seconds=3600)
         await self.events.start()
 
     async def close(self) -> None:
