@@ -14,6 +14,9 @@ from core.metrics import Metrics
 from core.repositories import plans
 from core.services.accounts import AccountService
 from core.services.credits import CreditsService
+from core.services.guilds import GuildService
+from core.services.playback import PlaybackService
+from core.services.playlists import PlaylistService
 from core.services.scanner import Scanner
 from core.services.sounds import SoundService
 from core.services.users import UserService
@@ -34,6 +37,9 @@ class Services:
         self.storage = LocalStorage(settings.sounds_dir)
         self.sounds = SoundService(db, settings, self.storage)
         self.scanner = Scanner(db, self.sounds)
+        self.guilds = GuildService(db, settings)
+        self.playback = PlaybackService(self.credits, self.sounds, self.guilds)
+        self.playlists = PlaylistService(db, self.sounds)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
