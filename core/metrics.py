@@ -307,8 +307,13 @@ class Metrics:
         )
         self.play_start_latency = r.histogram(
             "soundboard_play_start_latency_seconds",
-            "Time from a play request to the first audio packet.",
-            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+            "Time from a play request to its first audio packet being queued for sending.",
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        self.autocomplete_seconds = r.histogram(
+            "soundboard_autocomplete_seconds",
+            "Time to answer a sound-name autocomplete.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
         )
         self.queue_length = r.gauge(
             "soundboard_queue_length",
