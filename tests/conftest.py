@@ -7,7 +7,14 @@ import pytest
 
 from core.config import Settings, load_settings
 from core.services.container import Services
-from tests.dbutil import PG_SKIP_REASON, PostgresTemplates, SqliteTemplates, pg_base_url
+from tests.dbutil import (
+    PG_SKIP_REASON,
+    SQLITE_SKIP_REASON,
+    PostgresTemplates,
+    SqliteTemplates,
+    pg_base_url,
+    skip_sqlite,
+)
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +41,8 @@ async def database_url(
 ) -> str:
     """A fresh, migrated database; every test that takes it runs on SQLite and PostgreSQL."""
     if request.param == "sqlite":
+        if skip_sqlite():
+            pytest.skip(SQLITE_SKIP_REASON)
         return await sqlite_templates.fresh_url()
     if pg_templates is None:
         pytest.skip(PG_SKIP_REASON)

@@ -17,6 +17,17 @@ from core.migrate import upgrade
 PG_SKIP_REASON = "TEST_DATABASE_URL is not set (a PostgreSQL server is needed; .ci/run sets it)"
 
 
+SQLITE_SKIP_REASON = (
+    "TEST_DATABASE_URL is set, so this run covers PostgreSQL; SQLite runs without it "
+    "(set TEST_BOTH_DATABASES=1 to run both at once)"
+)
+
+
+def skip_sqlite() -> bool:
+    """CI runs the suite twice, once per database: don't repeat the SQLite cases."""
+    return bool(os.environ.get("TEST_DATABASE_URL")) and not os.environ.get("TEST_BOTH_DATABASES")
+
+
 def pg_base_url() -> str | None:
     return os.environ.get("TEST_DATABASE_URL") or None
 

@@ -6,7 +6,13 @@ import pytest
 import pytest_asyncio
 
 from tests.bot.harness import BotEnv, bot_env
-from tests.dbutil import PG_SKIP_REASON, PostgresTemplates, SqliteTemplates
+from tests.dbutil import (
+    PG_SKIP_REASON,
+    SQLITE_SKIP_REASON,
+    PostgresTemplates,
+    SqliteTemplates,
+    skip_sqlite,
+)
 
 
 @pytest_asyncio.fixture(scope="module", params=["sqlite", "postgres"])
@@ -18,6 +24,8 @@ async def env(
 ) -> AsyncIterator[BotEnv]:
     """One running bot per test module and database; tests use their own sounds and members."""
     if request.param == "sqlite":
+        if skip_sqlite():
+            pytest.skip(SQLITE_SKIP_REASON)
         url = await sqlite_templates.fresh_url()
     else:
         if pg_templates is None:
