@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -45,6 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _until_signalled(command: Coroutine[Any, Any, int]) -> int:
+    """Run `command`; SIGTERM or SIGINT cancel it, so the bot and web app shut down cleanly
+    (service managers send SIGTERM, and a background shell ignores SIGINT)."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def request_stop() -> None:
+        log.info("shutting down on signal")
+        stop.set()
+        task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop)
+    try:
+        return await command
+    except asyncio.CancelledError:
+        if stop.is_set():
+            return 0
+        raise
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings, console=getattr(args, "log_console", False))
     handler: Handler = args.handler
     try:
-        return asyncio.run(handler(args, settings))
+        return asyncio.run(_until_signalled(handler(args, settings)))
     except KeyboardInterrupt:
         return 130
     except (SoundboardError, ConfigError) as exc:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import discord
 from discord import app_commands
 
-from bot.errors import NotAllowed
+from bot.errors import GENERIC, NotAllowed, describe, message_for, reply
 
 if TYPE_CHECKING:
     from bot.client import AnySoundBot
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
     Interaction: TypeAlias = discord.Interaction[AnySoundBot]
 else:
     Interaction: TypeAlias = discord.Interaction
+
+
+log = logging.getLogger(__name__)
 
 
 def bot_of(interaction: discord.Interaction[Any]) -> AnySoundBot:
@@ -63,3 +67,15 @@ async def tag_autocomplete(
     tags = await bot_of(interaction).services.sounds.tags(interaction.guild_id)
     low = current.lower()
     return [app_commands.Choice(name=t, value=t) for t in tags if low in t][:25]
+
+
+async def answer_error(interaction: discord.Interaction[Any], error: BaseException) -> None:
+    """For button callbacks, which the command tree's error handler never sees: the same one
+    short ephemeral line for an expected error, a log entry and a generic line for a bug."""
+    text = message_for(error)
+    if text is None:
+        log.error("component failed %s", describe(interaction), exc_info=error)
+        text = GENERIC
+    else:
+        log.info("component refused %s reason=%s", describe(interaction), text)
+    await reply(interaction, text)

@@ -375,6 +375,11 @@ class SoundService:
             self._names[guild_id] = cached
         return rank_names(cached[1], query)
 
+    async def names(self, guild_id: int, *, tag: str | None = None) -> list[tuple[int, str]]:
+        """Every (id, name) playable in `guild_id` (its own and the global library), by name."""
+        async with self._db.session() as session:
+            return await repo.names_for_autocomplete(session, guild_id=guild_id, tag=tag)
+
     def _forget_names(self, guild_id: int | None) -> None:
         if guild_id is None:
             self._names.clear()

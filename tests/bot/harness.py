@@ -32,6 +32,7 @@ class BotEnv:
     admin: FakeMember
     tmp: Path
     sounds: dict[str, Sound] = field(default_factory=dict)
+    clients: contextlib.AsyncExitStack | None = field(default=None, repr=False)
 
     async def add_tone(
         self,
@@ -72,11 +73,26 @@ class BotEnv:
     async def join_voice(self, user: FakeMember) -> None:
         await self.fake.set_user_voice(self.guild.id, user.id, self.guild.voice_channel.id)
 
+    async def restart_bot(self) -> AnySoundBot:
+        """Close the bot and start a new one on the same services, settings and fake Discord,
+        as a process restart would; messages the old bot posted stay on the fake."""
+        assert self.clients is not None
+        await self.bot.close()
+        bot = make_bot(self.services.settings, self.services)
+        await self.clients.enter_async_context(running_client(bot, self.fake))
+        await self.fake.wait_for_commands()
+        self.bot = bot
+        return bot
+
 
 async def answer_text(inter: Any, timeout: float = 10.0) -> str:
     callback = await inter.wait_for_callback(timeout=timeout)
     if callback.type in (5, 6):  # deferred: the text arrives as an edit or followup
-        message = await inter.wait_for_original(timeout=timeout)
+        # Discord shows the first followup in place of the "thinking" message.
+        await inter.fake.wait_for(
+            lambda: inter.followups or inter.message_is_final(), timeout, "deferred answer"
+        )
+        message = inter.followups[0] if inter.followups else inter.original_message
         return str(message.get("content") or _embed_text(message))
     data = callback.data or {}
     return str(data.get("content") or _embed_text(data))
@@ -111,6 +127,9 @@ async def bot_env(tmp: Path, database_url: str, **setting_overrides: Any) -> Asy
             with discord_py_pointed_at(fake):
                 point_discord_py(settings)
                 bot = make_bot(settings, services)
-                async with running_client(bot, fake):
+                async with contextlib.AsyncExitStack() as clients:
+                    await clients.enter_async_context(running_client(bot, fake))
                     await fake.wait_for_commands()
-                    yield BotEnv(fake, services, bot, guild, alice, bob, admin, tmp)
+                    yield BotEnv(
+                        fake, services, bot, guild, alice, bob, admin, tmp, clients=clients
+                    )
