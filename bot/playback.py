@@ -73,6 +73,11 @@ class PlayController:
         channel = self.voice_channel(member)
         player = self.bot.players.get(guild)
         player.check_channel(channel)
+        path, _ = services.sounds.playback_file(sound)
+        if not path.exists():
+            raise PlayerError(
+                f"The file of '{sound.name}' is missing; ask an admin to run /admin scan."
+            )
         config = await services.guilds.config(guild.id)
         if cooldown:
             self._check_cooldown(guild.id, member.id, config.cooldown_seconds)

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+LEAVE_TIMEOUT_SECONDS = 3.0
+
+
 class PlayerError(SoundboardError):
     code = "player"
 
@@ -237,7 +240,10 @@ class GuildPlayer:
         self._cancel_idle()
         vc = self.voice
         if vc is not None:
-            await vc.disconnect(force=False)
+            # discord.py waits for Discord to confirm; don't let a lost confirmation hold the
+            # guild's player (it cleans up the voice client either way).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(vc.disconnect(force=False), timeout=LEAVE_TIMEOUT_SECONDS)
         log.info("left voice guild=%s", self.guild_id)
 
     def _schedule_idle(self) -> None:

@@ -149,6 +149,16 @@ class Scanner:
             if sound is not None:
                 touched.append(sound)
 
+        if not found and known:
+            # An empty originals tree with sounds in the database is far more likely an unmounted
+            # volume than a library someone emptied: never delete everything on that evidence.
+            report.skipped.append(
+                (
+                    str(storage.originals),
+                    "no audio files found; nothing was removed (is the sound folder mounted?)",
+                )
+            )
+            known = {}
         for key, row in known.items():
             if key not in on_disk:
                 await self._remove_row(row)

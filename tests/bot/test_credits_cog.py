@@ -38,27 +38,47 @@ async def test_play_is_charged_and_credits_shows_it(env: BotEnv) -> None:
     assert shown[4].startswith("`+100` welcome credits · <t:")
 
 
-async def test_play_that_cannot_start_is_refunded(env: BotEnv) -> None:
+async def test_missing_file_is_refused_before_charging(env: BotEnv) -> None:
     sound = await env.add_tone("cr gone", 710, seconds=SHORT)
     playback, _ = env.services.sounds.playback_file(sound)
     playback.unlink()  # the file vanished from disk after it was added
     await env.join_voice(env.bob)
     await env.reply_text(env.bob, "credits")  # bob's account, with his welcome credits
     uid = await _uid(env, env.bob.id)
+    before = await _actions(env, uid, limit=50)
+    text = await env.reply_text(env.bob, "play", {"sound": str(sound.id)})
+    assert text == "The file of 'cr gone' is missing; ask an admin to run /admin scan."
+    assert await _actions(env, uid, limit=50) == before
+
+
+async def test_play_that_cannot_start_is_refunded(env: BotEnv) -> None:
+    """A queued sound whose file disappears before its turn is refunded, not played."""
+    first = await env.add_tone("cr first", 650, seconds=1.0)
+    doomed = await env.add_tone("cr doomed", 735, seconds=SHORT)
+    await env.join_voice(env.bob)
+    await env.reply_text(env.bob, "credits")
+    uid = await _uid(env, env.bob.id)
     before = await env.services.users.get(uid)
     start = len(env.fake.audio_packets(env.guild.id))
-    await env.reply_text(env.bob, "play", {"sound": str(sound.id)})
+    assert (await env.reply_text(env.bob, "play", {"sound": str(first.id)})).startswith("Playing")
+    queued = await env.reply_text(env.bob, "play", {"sound": str(doomed.id)})
+    assert queued.startswith("Queued **cr doomed**")
+    playback, _ = env.services.sounds.playback_file(doomed)
+    playback.unlink()  # gone while waiting in the queue
+    packets = await env.fake.wait_for_silence_end(env.guild.id, start=start, timeout=10)
     for _ in range(100):
         if (await _actions(env, uid, limit=1)) == ["refund"]:
             break
         await asyncio.sleep(0.05)
-    history = (await env.services.credits.history(uid, limit=2)).items
-    assert [t.action for t in history] == ["refund", "play"]
+    history = (await env.services.credits.history(uid, limit=3)).items
+    assert [t.action for t in history] == ["refund", "play", "play"]
     assert history[0].meta["refund_of"] == history[1].id
-    assert (await env.services.users.get(uid)).credits == before.credits
+    assert (await env.services.users.get(uid)).credits == before.credits - 1
     assert await env.services.credits.verify() == []
     await asyncio.sleep(0.3)
-    assert len(audio_frames(env.fake.audio_packets(env.guild.id)[start:])) == 0
+    rest = audio_frames(env.fake.audio_packets(env.guild.id)[start + len(packets) :])
+    assert rest == []  # the doomed sound never played
+    assert round(dominant_frequency(decode_opus_to_pcm(audio_frames(packets))) / 50) == 13
 
 
 async def test_empty_balance_refuses_with_next_refill(env: BotEnv) -> None:

@@ -80,11 +80,23 @@ async def test_touched_but_identical_file_is_not_an_update(services: Services) -
 
 async def test_scan_normalizes_new_files(services: Services) -> None:
     tone(services.storage.originals / "soundboard" / "loud.wav", 440)
+    tone(services.storage.originals / "soundboard" / "other.wav", 550)
     report = await services.scanner.scan()
-    assert report.added == ["soundboard/loud.wav"] and report.normalize_failed == []
+    assert report.added == ["soundboard/loud.wav", "soundboard/other.wav"]
+    assert report.normalize_failed == []
     sound = await services.sounds.find(0, "loud")
     path, is_ogg = services.sounds.playback_file(sound)
     assert sound.is_normalized and is_ogg and path.exists()
     (services.storage.originals / "soundboard" / "loud.wav").unlink()
     await services.scanner.scan()
     assert not path.exists()
+
+
+async def test_empty_originals_never_wipe_the_library(services: Services) -> None:
+    """A scan with the sound folder unmounted (no files at all) removes nothing."""
+    path = tone(services.storage.originals / "soundboard" / "keep.wav", 440)
+    await services.scanner.scan(normalize=False)
+    path.unlink()
+    report = await services.scanner.scan(normalize=False)
+    assert report.deleted == [] and "is the sound folder mounted" in report.skipped[0][1]
+    assert [s.name for s in await services.sounds.list_all()] == ["keep"]
