@@ -235,7 +235,7 @@ class GuildPlayer:
         self.skip()
         return dropped
 
-    async def leave(self) -> None:
+    async def leave(self, *, timeout: float = LEAVE_TIMEOUT_SECONDS) -> None:
         self.stop()
         self._cancel_idle()
         vc = self.voice
@@ -243,7 +243,7 @@ class GuildPlayer:
             # discord.py waits for Discord to confirm; don't let a lost confirmation hold the
             # guild's player (it cleans up the voice client either way).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(vc.disconnect(force=False), timeout=LEAVE_TIMEOUT_SECONDS)
+                await asyncio.wait_for(vc.disconnect(force=False), timeout=timeout)
         log.info("left voice guild=%s", self.guild_id)
 
     def _schedule_idle(self) -> None:
@@ -281,5 +281,6 @@ class PlayerManager:
         return {gid: len(p.queue) for gid, p in self._players.items()}
 
     async def close(self) -> None:
-        for player in list(self._players.values()):
-            player.stop()
+        """Stop every player and leave voice (all guilds at once, each wait bounded)."""
+        # At shutdown the gateway may no longer deliver Discord's confirmation: don't wait long.
+        await asyncio.gather(*(p.leave(timeout=0.5) for p in self._players.values()))
