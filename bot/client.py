@@ -4,6 +4,7 @@ registered in `setup_hook`, so persistent panel buttons keep working after a res
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -76,6 +77,7 @@ class SoundBotMixin:
         install_error_handler(self.bot)
         await load_all(self.bot)
         self.pacer.start()
+        await self.services.extractions.start_processor()
         await self.sync_commands()
 
     async def sync_commands(self) -> None:
@@ -88,6 +90,10 @@ class SoundBotMixin:
             await tree.sync(guild=guild)
 
     async def on_ready(self) -> None:
+        # Everything loaded so far lives as long as the process: keep the garbage collector
+        # from scanning it again and again (long gen-2 pauses would delay audio packets).
+        gc.collect()
+        gc.freeze()
         user = self.bot.user
         log.info("bot ready user=%s guilds=%s", user.id if user else None, len(self.bot.guilds))
 
@@ -96,6 +102,7 @@ class SoundBotMixin:
         log.info("joined guild guild=%s name=%r", guild.id, guild.name)
 
     async def close(self) -> None:
+        await self.services.extractions.stop_processor()
         await self.players.close()
         self.pacer.close()
         await super().close()  # type: ignore[misc]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -10,13 +11,16 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.voice.player import PlayerError, QueueItem
-from core.models import Sound, User
+from core.models import Sound, User, utcnow
+from core.services.credits import next_refill_at
 from core.services.playback import PlayCharge
 
 if TYPE_CHECKING:
     from bot.client import AnySoundBot
 
 log = logging.getLogger(__name__)
+
+ACCOUNT_CACHE_SECONDS = 30.0
 
 
 @dataclass
@@ -34,11 +38,27 @@ class PlayController:
     def __init__(self, bot: AnySoundBot) -> None:
         self.bot = bot
         self._last_play: dict[tuple[int, int], float] = {}
+        self._accounts: dict[int, tuple[float, User]] = {}
 
     async def member_user(self, member: discord.abc.User) -> User:
         return await self.bot.services.users.ensure_discord_user(
             member.id, member.display_name, avatar_of(member)
         )
+
+    async def _player_account(self, member: discord.abc.User) -> User:
+        """The member's account for charging a play: only its id and plan matter here, so a
+        recent copy saves a database read on the start-latency path. A due refill still goes
+        through ensure_discord_user."""
+        cached = self._accounts.get(member.id)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < ACCOUNT_CACHE_SECONDS:
+            user = cached[1]
+            plan = await self.bot.services.users.plan(user.plan_id)
+            if next_refill_at(user, plan) > utcnow():
+                return user
+        user = await self.member_user(member)
+        self._accounts[member.id] = (now, user)
+        return user
 
     @staticmethod
     def voice_channel(member: discord.Member) -> discord.VoiceChannel | discord.StageChannel:
@@ -78,11 +98,13 @@ class PlayController:
             raise PlayerError(
                 f"The file of '{sound.name}' is missing; ask an admin to run /admin scan."
             )
-        config = await services.guilds.config(guild.id)
+        # Both are cached reads; fetch them side by side, they are on the start-latency path.
+        config, user = await asyncio.gather(
+            services.guilds.config(guild.id), self._player_account(member)
+        )
         if cooldown:
             self._check_cooldown(guild.id, member.id, config.cooldown_seconds)
         player.check_capacity(config.queue_cap)
-        user = await self.member_user(member)
         play_charge = (
             await services.playback.charge(
                 user_id=user.id or 0, sound=sound, guild_id=guild.id, source=source

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     queue_cap: int = Field(default=25, ge=1)
     idle_timeout_seconds: int = Field(default=300, ge=5)
     play_cooldown_seconds: float = Field(default=2.0, ge=0)
+    # "opus" streams the Ogg Opus playback file; "ffmpeg-pcm" is discord.py's stock path
+    # (ffmpeg decodes, the bot encodes), kept only to measure against.
+    playback_engine: Literal["opus", "ffmpeg-pcm"] = "opus"
 
     # Extraction
     extraction_max_concurrent: int = Field(default=2, ge=1)
@@ -116,6 +119,11 @@ class Settings(BaseSettings):
     extraction_timeout_seconds: int = Field(default=300, ge=1)
     extraction_allow_generic: bool = False
     extraction_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # host:port pairs fetched despite a private address (tests' local server, an intranet
+    # mirror); every other loopback/private/link-local address stays refused.
+    extraction_allow_private_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A worker renews its job's lease while it works; a job whose lease ran out is retried.
+    extraction_lease_seconds: float = Field(default=60.0, ge=1)
 
     # Credits
     credits_play_cost: int = Field(default=1, ge=0)
@@ -127,10 +135,19 @@ class Settings(BaseSettings):
     def _ints(cls, value: Any) -> Any:
         return _split_ints(value)
 
-    @field_validator("extraction_allowed_hosts", mode="before")
+    @field_validator("extraction_allowed_hosts", "extraction_allow_private_hosts", mode="before")
     @classmethod
     def _strs(cls, value: Any) -> Any:
         return _split_strs(value)
+
+    @field_validator("extraction_allow_private_hosts")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            host, sep, port = entry.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port pairs, got {entry!r}")
+        return value
 
     @field_validator("log_level")
     @classmethod

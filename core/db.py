@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+WAL_AUTOCHECKPOINT_PAGES = 20_000
+CHECKPOINT_INTERVAL_SECONDS = 10.0
 
 
 def _prepare_sqlite_path(url: str) -> None:
@@ -53,6 +56,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints fsync the database file; on a slow disk that stalls whichever commit
+        # triggers one. Make them rare here and run them in the background (Database.checkpoint).
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -90,6 +96,21 @@ class Database:
         """A write transaction: committed on success, rolled back on any error."""
         async with self._write() as session, session.begin():
             yield session
+
+    async def checkpoint(self) -> None:
+        """Copy the SQLite write-ahead log into the database without blocking writers."""
+        if self.is_sqlite:
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def run_checkpoints(self, interval: float = CHECKPOINT_INTERVAL_SECONDS) -> None:
+        """Checkpoint every `interval` seconds until cancelled (long-running processes)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.checkpoint()
+            except Exception:
+                log.warning("SQLite checkpoint failed", exc_info=True)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -114,7 +114,11 @@ class GuildPlayer:
             self._failed(item, "I'm not connected to voice")
             return
         path, is_ogg = self.bot.services.sounds.playback_file(item.sound)
-        if is_ogg:
+        if self.bot.settings.playback_engine == "ffmpeg-pcm":
+            self._start_stock(vc, item)
+            if self.current is not item:
+                return
+        elif is_ogg:
             try:
                 packets = self.bot.packet_cache.packets(path)
             except (OSError, ValueError) as exc:
@@ -139,6 +143,21 @@ class GuildPlayer:
         from core.ffmpeg import ffmpeg_binary
 
         source = discord.FFmpegOpusAudio(str(path), executable=ffmpeg_binary())
+        self._fallback = True
+        loop = self.bot.loop
+
+        def after(error: Exception | None) -> None:
+            loop.call_soon_threadsafe(self._advance, item, str(error) if error else None)
+
+        vc.play(source, after=after)
+
+    def _start_stock(self, vc: discord.VoiceClient, item: QueueItem) -> None:
+        """discord.py's stock path on the original file: only for comparing in benchmarks."""
+        from core.ffmpeg import ffmpeg_binary
+
+        storage = self.bot.services.storage
+        path = storage.original_path(item.sound.sound_type, item.sound.original_filename)
+        source = discord.FFmpegPCMAudio(str(path), executable=ffmpeg_binary())
         self._fallback = True
         loop = self.bot.loop
 

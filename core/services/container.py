@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,10 +12,12 @@ from types import TracebackType
 from core.config import Settings
 from core.db import Database
 from core.events import EventBus, LocalEventBus
+from core.events_pg import PostgresEventBus
 from core.metrics import Metrics
 from core.repositories import plans
 from core.services.accounts import AccountService
 from core.services.credits import CreditsService
+from core.services.extraction import ExtractionService
 from core.services.guilds import GuildService
 from core.services.playback import PlaybackService
 from core.services.playlists import PlaylistService
@@ -29,6 +33,7 @@ class Services:
     def __init__(self, settings: Settings, db: Database, events: EventBus | None = None) -> None:
         self.settings = settings
         self.db = db
+        self._checkpoints: asyncio.Task[None] | None = None
         self.events: EventBus = events or LocalEventBus()
         self.credits = CreditsService(db, self.events)
         self.users = UserService(db, self.events, self.credits, settings.credits_default_plan)
@@ -40,10 +45,14 @@ class Services:
         self.guilds = GuildService(db, settings)
         self.playback = PlaybackService(self.credits, self.sounds, self.guilds)
         self.playlists = PlaylistService(db, self.sounds)
+        self.extractions = ExtractionService.wire(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        return cls(settings, Database.from_url(settings.database_url, echo=settings.database_echo))
+        db = Database.from_url(settings.database_url, echo=settings.database_echo)
+        # On PostgreSQL events reach every process (LISTEN/NOTIFY); SQLite stays in-process.
+        events = None if settings.is_sqlite else PostgresEventBus.from_url(settings.database_url)
+        return cls(settings, db, events)
 
     async def start(self) -> None:
         """Seed what every database needs; migrations have already run."""
@@ -53,8 +62,14 @@ class Services:
         # Only old temporaries: another process may be writing a fresh one right now.
         self.storage.clean_temp(older_than_seconds=3600)
         await self.events.start()
+        if self.db.is_sqlite:
+            self._checkpoints = asyncio.get_running_loop().create_task(self.db.run_checkpoints())
 
     async def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
         await self.events.close()
         await self.db.dispose()
 

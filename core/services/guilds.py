@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from core.config import Settings
@@ -12,6 +13,8 @@ from core.models import EntranceSound, Guild
 from core.repositories import guilds
 
 log = logging.getLogger(__name__)
+
+CONFIG_CACHE_SECONDS = 5.0
 
 EDITABLE = {
     "play_cost": (0, 1000),
@@ -36,12 +39,23 @@ class GuildService:
     def __init__(self, db: Database, settings: Settings) -> None:
         self._db = db
         self._settings = settings
+        self._cache: dict[int, tuple[float, GuildConfig]] = {}
 
     async def ensure(self, guild_id: int, name: str = "") -> Guild:
         async with self._db.transaction() as session:
             return await guilds.ensure(session, guild_id=guild_id, name=name)
 
     async def config(self, guild_id: int) -> GuildConfig:
+        """The guild's settings; cached briefly (every play reads them). Changes made in this
+        process show at once, those made in another within CONFIG_CACHE_SECONDS."""
+        cached = self._cache.get(guild_id)
+        if cached is not None and time.monotonic() - cached[0] < CONFIG_CACHE_SECONDS:
+            return cached[1]
+        config = await self._load(guild_id)
+        self._cache[guild_id] = (time.monotonic(), config)
+        return config
+
+    async def _load(self, guild_id: int) -> GuildConfig:
         async with self._db.session() as session:
             guild = await guilds.get(session, guild_id=guild_id)
         s = self._settings
@@ -82,6 +96,7 @@ class GuildService:
             guild = await guilds.ensure(session, guild_id=guild_id)
             await guilds.update_settings(session, guild=guild, **values)
         log.info("guild settings changed guild=%s values=%s", guild_id, values)
+        self._cache.pop(guild_id, None)
         return await self.config(guild_id)
 
     async def set_entrance(self, *, user_id: int, guild_id: int, sound_id: int) -> None:

@@ -32,6 +32,7 @@ MAX_NAME_LENGTH = 100
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 32
 AUTOCOMPLETE_LIMIT = 25
+SOUND_CACHE_SECONDS = 5.0
 _AUTOCOMPLETE_TTL = 30.0
 _TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -141,6 +142,7 @@ class SoundService:
         self.storage = storage
         self.normalizer = Normalizer(settings)
         self._names: dict[int, tuple[float, list[tuple[int, str]]]] = {}
+        self._recent_sounds: dict[int, tuple[float, Sound]] = {}
 
     # ----- adding -------------------------------------------------------------------------
 
@@ -294,6 +296,21 @@ class SoundService:
             raise NotFound("That sound does not exist (any more).")
         return sound
 
+    async def _recent(self, sound_id: int) -> Sound | None:
+        """A sound by id for the play path, cached for a few seconds. Changes made in this
+        process drop the entry; another process's rename shows within SOUND_CACHE_SECONDS (a
+        deleted sound's missing file is caught before any charge)."""
+        cached = self._recent_sounds.get(sound_id)
+        if cached is not None and time.monotonic() - cached[0] < SOUND_CACHE_SECONDS:
+            return cached[1]
+        async with self._db.session() as session:
+            sound = await repo.get(session, sound_id=sound_id)
+        if sound is not None:
+            if len(self._recent_sounds) > 10_000:
+                self._recent_sounds.clear()
+            self._recent_sounds[sound_id] = (time.monotonic(), sound)
+        return sound
+
     async def get_for_guild(self, sound_id: int, guild_id: int) -> Sound:
         """A sound playable in `guild_id`: its own or the global library's."""
         sound = await self.get(sound_id)
@@ -305,10 +322,9 @@ class SoundService:
         """Resolve what a user typed (or autocomplete sent: the id) to a sound of this guild."""
         value = name_or_id.strip()
         if value.isdigit():
-            try:
-                return await self.get_for_guild(int(value), guild_id)
-            except NotFound:
-                pass
+            sound = await self._recent(int(value))
+            if sound is not None and sound.guild_id in (None, guild_id):
+                return sound
         async with self._db.session() as session:
             sound = await repo.get_by_name(session, guild_id=guild_id, name=value)
             if sound is None:
@@ -380,6 +396,9 @@ class SoundService:
         async with self._db.session() as session:
             return await repo.names_for_autocomplete(session, guild_id=guild_id, tag=tag)
 
+    def _forget_sound(self, sound_id: int | None) -> None:
+        self._recent_sounds.pop(sound_id or 0, None)
+
     def _forget_names(self, guild_id: int | None) -> None:
         if guild_id is None:
             self._names.clear()
@@ -424,6 +443,7 @@ class SoundService:
         except IntegrityError:
             raise Conflict(f"A sound called '{name}' already exists here.") from None
         self._forget_names(sound.guild_id)
+        self._forget_sound(sound_id)
         log.info("sound renamed sound=%s from=%r to=%r", sound_id, old, name)
         return sound
 
@@ -448,6 +468,7 @@ class SoundService:
                 self.storage.normalized_path(sound.sound_type, sound.normalized_filename)
             )
         self._forget_names(sound.guild_id)
+        self._forget_sound(sound_id)
         log.info("sound deleted sound=%s name=%r", sound_id, sound.name)
         return sound
 
@@ -555,6 +576,7 @@ class SoundService:
             session.add(sound)
             await session.flush()
             outcome.sound = sound
+        self._forget_sound(outcome.sound_id)
 
 
 def file_mtime_ns(path: Path) -> int:

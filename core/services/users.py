@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,12 +12,14 @@ from sqlalchemy.exc import IntegrityError
 from core.db import Database
 from core.errors import Conflict, InvalidInput, NotFound
 from core.events import EventBus, UserCreditsChanged
-from core.models import Plan, Role, User
+from core.models import Plan, Role, User, utcnow
 from core.repositories import ledger, plans, users
 from core.repositories.base import Page
 from core.services.credits import Action, CreditsService, next_refill_at, transaction_dict
 
 log = logging.getLogger(__name__)
+
+PLAN_CACHE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class UserService:
         self._events = events
         self._credits = credits
         self._default_plan = default_plan
+        self._plans: dict[int, tuple[float, Plan]] = {}
 
     async def ensure_discord_user(
         self, discord_id: int, display_name: str, avatar_url: str | None = None
@@ -52,9 +56,26 @@ class UserService:
                     user = await users.get_by_discord_id(session, discord_id=discord_id)
                 assert user is not None
             return user
-        if await self._credits.refill_if_due(user.id or 0) is not None:
+        plan = await self.plan(user.plan_id)
+        # The refill is a write; only take it when a period has passed (checked again inside).
+        if (
+            next_refill_at(user, plan) <= utcnow()
+            and await self._credits.refill_if_due(user.id or 0) is not None
+        ):
             return await self.get(user.id or 0)
         return user
+
+    async def plan(self, plan_id: int) -> Plan:
+        """Plans change only by migration or an operator: cache them for a minute."""
+        cached = self._plans.get(plan_id)
+        if cached is not None and time.monotonic() - cached[0] < PLAN_CACHE_SECONDS:
+            return cached[1]
+        async with self._db.session() as session:
+            plan = await session.get(Plan, plan_id)
+        if plan is None:
+            raise NotFound(f"No plan with id {plan_id}.")
+        self._plans[plan_id] = (time.monotonic(), plan)
+        return plan
 
     async def create(
         self,
