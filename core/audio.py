@@ -13,8 +13,10 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import BinaryIO
 
 from core.errors import InvalidInput
@@ -36,6 +38,7 @@ __all__ = [
     "ffmpeg_input",
     "get_audio_duration",
     "get_audio_duration_async",
+    "get_declared_duration",
     "get_file_hash",
     "get_file_hash_async",
     "get_file_size",
@@ -168,10 +171,19 @@ def _mutagen_duration_ms(path: Path) -> int | None:
         # No Xing/VBRI/LAME header: mutagen extrapolates from the first frame's bitrate, which
         # is wrong for VBR files. Decode instead.
         return None
+    if getattr(info, "channels", 1) <= 0 or getattr(info, "sample_rate", 1) <= 0:
+        return None  # e.g. an MP4 with only a video track: mutagen reports the movie's length
     length = getattr(info, "length", None)
     if not isinstance(length, int | float) or length <= 0:
         return None
     return round(length * 1000)
+
+
+def get_declared_duration(path: str | os.PathLike[str]) -> int | None:
+    """Duration in milliseconds as the file's headers state it (mutagen; nothing is decoded),
+    or None when the format is not one mutagen reads reliably. Cheap enough to reject overlong
+    uploads before decoding them; a truncated file still declares its full length."""
+    return _mutagen_duration_ms(Path(path))
 
 
 def get_audio_duration(
@@ -275,35 +287,37 @@ _DECODED_RE = re.compile(
 )
 _TIME_RE = re.compile(r"time=(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 
-_LAYOUT_CHANNELS = {
-    "mono": 1,
-    "stereo": 2,
-    "downmix": 2,
-    "2.1": 3,
-    "3.0": 3,
-    "3.0(back)": 3,
-    "4.0": 4,
-    "quad": 4,
-    "quad(side)": 4,
-    "3.1": 4,
-    "5.0": 5,
-    "5.0(side)": 5,
-    "4.1": 5,
-    "5.1": 6,
-    "5.1(side)": 6,
-    "6.0": 6,
-    "6.0(front)": 6,
-    "hexagonal": 6,
-    "6.1": 7,
-    "6.1(back)": 7,
-    "6.1(front)": 7,
-    "7.0": 7,
-    "7.0(front)": 7,
-    "7.1": 8,
-    "7.1(wide)": 8,
-    "7.1(wide-side)": 8,
-    "octagonal": 8,
-}
+_LAYOUT_CHANNELS: Mapping[str, int] = MappingProxyType(
+    {
+        "mono": 1,
+        "stereo": 2,
+        "downmix": 2,
+        "2.1": 3,
+        "3.0": 3,
+        "3.0(back)": 3,
+        "4.0": 4,
+        "quad": 4,
+        "quad(side)": 4,
+        "3.1": 4,
+        "5.0": 5,
+        "5.0(side)": 5,
+        "4.1": 5,
+        "5.1": 6,
+        "5.1(side)": 6,
+        "6.0": 6,
+        "6.0(front)": 6,
+        "hexagonal": 6,
+        "6.1": 7,
+        "6.1(back)": 7,
+        "6.1(front)": 7,
+        "7.0": 7,
+        "7.0(front)": 7,
+        "7.1": 8,
+        "7.1(wide)": 8,
+        "7.1(wide-side)": 8,
+        "octagonal": 8,
+    }
+)
 
 
 def _hms(hours: str, minutes: str, seconds: str) -> float:
@@ -339,8 +353,10 @@ def _parse_input_section(stderr: str) -> _Streams:
             continue
         if not inside:
             continue
-        if line.startswith(("Stream mapping:", "Output #", "[")):
+        if line.startswith(("Stream mapping:", "Output #")):
             break
+        if line.startswith("["):  # a log line from elsewhere, not part of the dump
+            continue
         duration = _DURATION_RE.match(line)
         if duration:
             found.declared_s = _hms(*duration.groups())

@@ -41,6 +41,7 @@ FFMPEG_BINARY_ENV = "FFMPEG_BINARY"
 # error per packet, and we never want to buffer that without bound.
 _STDERR_HEAD_LINES = 2000
 _STDERR_TAIL_LINES = 2000
+_MAX_LINE_BYTES = 64 * 1024
 
 
 class FFmpegError(Exception):
@@ -141,14 +142,16 @@ def _start_error(exc: OSError, cmd: Sequence[str]) -> FFmpegError:
 
 
 async def _read_lines(stream: asyncio.StreamReader, buffer: _StderrBuffer) -> None:
-    while True:
-        try:
-            line = await stream.readline()
-        except ValueError:  # a "line" longer than the reader's limit: take what is there
-            line = await stream.read(64 * 1024)
-        if not line:
-            return
-        buffer.feed(line)
+    partial = b""
+    while chunk := await stream.read(64 * 1024):
+        *lines, partial = (partial + chunk).split(b"\n")
+        for line in lines:
+            buffer.feed(line)
+        if len(partial) > _MAX_LINE_BYTES:  # no newline in sight: keep memory bounded
+            buffer.feed(partial[:_MAX_LINE_BYTES])
+            partial = b""
+    if partial:
+        buffer.feed(partial)
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
@@ -218,7 +221,7 @@ def run_ffmpeg_sync(args: Sequence[str], *, timeout: float | None) -> FFmpegResu
         if timer is not None:
             timer.daemon = True
             timer.start()
-        for line in proc.stderr:
+        while line := proc.stderr.readline(_MAX_LINE_BYTES):
             buffer.feed(line)
         returncode = proc.wait()
     except BaseException:
@@ -229,7 +232,7 @@ def run_ffmpeg_sync(args: Sequence[str], *, timeout: float | None) -> FFmpegResu
         if timer is not None:
             timer.cancel()
         proc.stderr.close()
-    if timed_out.is_set():
+    if timed_out.is_set() and returncode != 0:
         raise FFmpegTimeoutError(
             f"ffmpeg did not finish within {timeout:g} s and was killed", stderr=buffer.text()
         )

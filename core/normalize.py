@@ -1,37 +1,49 @@
 """EBU R128 loudness normalization of sound files to Ogg Opus (or mp3).
 
-Strategy (two-pass, the default):
+Two-pass strategy (the default):
 
-1. **Measure** integrated loudness and true peak with ffmpeg's ``ebur128=peak=true`` filter.
-   That is several times cheaper than a ``loudnorm`` analysis pass (loudnorm runs its whole
-   analysis at 192 kHz) and agrees with it to a few tenths of a LU. The same ffmpeg run decodes
-   the whole file, so it doubles as validation (:class:`~core.audio.InvalidAudioError`).
-2. **Apply**, by what the measurement allows:
+1. **Measure** the input's integrated loudness and peak with ffmpeg's ``ebur128`` filter, after
+   the same remix to the output's channel count that the output gets. ``ebur128`` costs about a
+   plain decode; a ``loudnorm`` analysis pass costs 4-5 times more for the same numbers (it runs
+   at 192 kHz). The run decodes the whole file, so it doubles as validation
+   (:class:`~core.audio.InvalidAudioError`).
+2. **Apply**, by what the measurement allows (``gain = target - input loudness``):
 
-   * ``"gain"``: if a plain linear gain to the target keeps the true peak at or below the
-     target (minus a small allowance for the lossy codec's overshoot), apply exactly that gain
-     with ``volume`` while resampling and encoding. Cheap and exact.
-   * ``"limit"``: otherwise (a peak-to-loudness ratio above about 20.5 dB: clicks, drums,
-     gunshots) apply the gain followed by a look-ahead limiter running at 4x the output rate
-     (a true-peak limiter), meter the limited signal in the same run, and correct the gain until
-     the integrated loudness lands within :data:`LIMIT_TOLERANCE_LU` of the target. ``loudnorm``
-     would fall back to its dynamic mode here, which misses the integrated target by more than
-     1 LU on such material and leaves clips shorter than its 3 s window untouched.
-   * ``"silent"``: digital silence (or everything below the -70 LUFS absolute gate) is only
-     transcoded and flagged.
+   * ``"gain"``: the peak stays under the ceiling (the true-peak target minus
+     :data:`TRUE_PEAK_CODEC_MARGIN_DB` for the lossy encoder's overshoot): apply exactly that
+     gain with ``volume`` while resampling and encoding. Cheap and exact.
+   * ``"limit"``: the peak would go over the ceiling (a peak-to-loudness ratio above about
+     20.5 dB: clicks, drums, gunshots): the gain plus a look-ahead limiter, the gain corrected
+     from metering until the integrated loudness lands within :data:`LIMIT_TOLERANCE_LU` of the
+     target, and the true peak of what is encoded metered too (the limiter's ceiling is lowered
+     if inter-sample peaks still go over). ``loudnorm`` would fall back to its dynamic mode
+     here, which misses the integrated target by more than 1 LU on such material and leaves
+     clips shorter than its 3 s window untouched.
+   * ``"silent"``: digital silence, or everything under the -70 LUFS absolute gate, is only
+     transcoded, and flagged.
+
+   True peak screening (``NormalizeOptions.screen_true_peak``, on by default): measuring the
+   true peak (4x oversampled) costs as much as the rest of the analysis, and most files do not
+   need it, so pass 1 measures the *sample* peak. The true peak is never below the sample peak,
+   so ``sample peak + gain`` over the ceiling means ``"limit"`` for sure; under the ceiling by at
+   least :data:`TRUE_PEAK_SCREEN_MARGIN_DB` means ``"gain"`` (inter-sample peaks of real audio
+   stay well under that); in between, the encode run also measures the true peak of exactly
+   what it encodes and falls back to ``"limit"`` if it is over the ceiling.
 
 One-pass mode (``two_pass=False``) is a single ``loudnorm`` pass in its dynamic mode
-(``"loudnorm-1pass"``); it is slower than the two-pass path and less accurate, and exists for
-parity with the classic recipe.
+(``"loudnorm-1pass"``). It is slower than the two-pass path and less accurate (1-2 LU off on
+speech with pauses, and short peaky clips are left as they are); it exists for parity with the
+classic recipe.
 
-Every output is 48 kHz stereo Ogg Opus in 20 ms frames (what Discord expects, so the bot can
-send the file's packets as they are), written to a temporary file next to the destination and
-moved into place atomically.
+Every output is written to a hidden temporary file next to the destination and renamed over it
+at the end. Ogg Opus output is 48 kHz stereo in 20 ms frames (what Discord expects, so the bot
+can send the file's packets as they are).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -57,8 +69,10 @@ from core.audio import (
 from core.ffmpeg import FFmpegError, FFmpegResult, base_args, run_ffmpeg
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "LIMIT_TOLERANCE_LU",
     "TRUE_PEAK_CODEC_MARGIN_DB",
+    "TRUE_PEAK_SCREEN_MARGIN_DB",
     "BatchItem",
     "LoudnessTarget",
     "MeasureMethod",
@@ -78,23 +92,29 @@ logger = logging.getLogger(__name__)
 Method = Literal["gain", "limit", "loudnorm-1pass", "silent"]
 OutputFormat = Literal["ogg", "mp3"]
 MeasureMethod = Literal["ebur128", "loudnorm"]
+_Peaks = Literal["none", "sample", "both"]
 
+DEFAULT_TIMEOUT = 600.0
 # Lossy encoders overshoot the true peak of what they are fed by a few tenths of a dB; aim this
-# much under the target so the *decoded* output stays at or below it.
+# much under the target so that the *decoded* output stays at or under it.
 TRUE_PEAK_CODEC_MARGIN_DB = 0.5
+# Sample peak this far under the ceiling: no true peak measurement needed (see module doc).
+TRUE_PEAK_SCREEN_MARGIN_DB = 6.0
+# Below this input rate inter-sample peaks can be large; such files always get a true peak.
+_SCREEN_MIN_SAMPLE_RATE = 32000
 # The limiter path re-runs until the integrated loudness is this close to the target.
 LIMIT_TOLERANCE_LU = 0.5
 _LIMIT_MAX_RUNS = 5  # one metering run, then up to four encodes
+# The limiter runs at the output rate, its ceiling this far under ours for inter-sample peaks.
+_LIMITER_ISP_MARGIN_DB = 1.0
 _LIMIT_MAX_EXTRA_GAIN_DB = 24.0
 # Integrated loudness at or below the absolute gate means "nothing to measure".
 _ABSOLUTE_GATE_LUFS = -70.0
-# ebur128 integrates 400 ms blocks; shorter clips are padded with silence up to this length for
-# measuring so they still get a (slightly conservative) loudness instead of none.
+# ebur128 integrates 400 ms blocks: shorter clips are padded with silence to this length for
+# measuring, so they still get a (slightly low, hence safe) loudness instead of none.
 _MIN_MEASURE_SECONDS = 0.5
 _OPUS_SAMPLE_RATES = (48000, 24000, 16000, 12000, 8000)
 _BITRATE_RE = re.compile(r"^\d+(?:\.\d+)?[kKM]?$")
-
-DEFAULT_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +143,7 @@ class NormalizeOptions:
     sample_rate: int = 48000
     channels: int = 2
     timeout: float = DEFAULT_TIMEOUT  # seconds, per ffmpeg run
+    screen_true_peak: bool = True  # False: always measure the input's true peak in pass 1
 
     def __post_init__(self) -> None:
         if self.output_format not in ("ogg", "mp3"):
@@ -141,11 +162,12 @@ class NormalizeOptions:
 
 @dataclass(frozen=True)
 class Measurement:
-    """Loudness of an input (after the remix to the output's channel count).
+    """Loudness of an input, after the remix to the output's channel count.
 
-    ``target_offset`` is the gain in dB that brings ``input_i`` to the target (the
-    ``loudnorm`` method reports loudnorm's own value instead). Silence measures as
-    -inf/-70 LUFS: check :attr:`usable`.
+    ``input_tp`` is the true peak in dBTP, NaN when it was not measured (true peak screening,
+    see the module doc); ``input_sample_peak`` the sample peak in dBFS, NaN when not measured.
+    ``target_offset`` is the gain in dB that brings ``input_i`` to the target (the ``loudnorm``
+    method reports loudnorm's own value). Silence measures -inf or -70 LUFS: see :attr:`usable`.
     """
 
     input_i: float
@@ -153,27 +175,25 @@ class Measurement:
     input_lra: float
     input_thresh: float
     target_offset: float
+    input_sample_peak: float = math.nan
 
     @property
     def usable(self) -> bool:
-        return (
-            math.isfinite(self.input_i)
-            and math.isfinite(self.input_tp)
-            and self.input_i > _ABSOLUTE_GATE_LUFS + 0.05
-        )
+        """False for silence (nothing above the absolute gate) and unreadable values."""
+        return math.isfinite(self.input_i) and self.input_i > _ABSOLUTE_GATE_LUFS + 0.05
 
 
 @dataclass(frozen=True)
 class NormalizeResult:
     src: Path
     dst: Path
-    duration_ms: int
-    size: int
-    sha256: str
+    duration_ms: int  # of the output
+    size: int  # of the output, bytes
+    sha256: str  # of the output
     method: Method
     silent: bool
     measurement: Measurement | None  # the input's loudness
-    gain_db: float | None  # the linear gain applied ("gain"/"limit"), 0 for "silent"
+    gain_db: float | None  # linear gain applied ("gain", "limit"); 0 for "silent"; None: dynamic
     input: AudioInfo | None = None
 
 
@@ -208,19 +228,29 @@ def _number_after(label: str, text: str) -> float:
 
 
 def _parse_ebur128(stderr: str, target: LoudnessTarget) -> Measurement:
-    """Parse the ``Summary:`` block the ebur128 filter logs at the end of a run."""
+    """Parse the ``Summary:`` block the ebur128 filter logs when its input ends.
+
+    Its sections: "Integrated loudness" (I, Threshold), "Loudness range" (LRA, ...), then
+    "Sample peak" and/or "True peak" (each a "Peak" line) only when asked to measure them.
+    """
     _, found, summary = stderr.rpartition("Summary:")
     if not found:
         raise FFmpegError("ebur128 printed no summary", stderr=stderr)
     integrated, _, rest = summary.partition("Loudness range:")
-    loudness_range, _, peak = rest.partition("True peak:")
+    loudness_range, _, peaks = rest.partition("Sample peak:")
+    if not peaks:
+        loudness_range, _, peaks = rest.partition("True peak:")
+        sample_part, true_part = "", peaks
+    else:
+        sample_part, _, true_part = peaks.partition("True peak:")
     input_i = _number_after("I", integrated)
     return Measurement(
         input_i=input_i,
-        input_tp=_number_after("Peak", peak),
+        input_tp=_number_after("Peak", true_part) if true_part.strip() else math.nan,
         input_lra=_number_after("LRA", loudness_range),
         input_thresh=_number_after("Threshold", integrated),
         target_offset=target.integrated - input_i if math.isfinite(input_i) else 0.0,
+        input_sample_peak=_number_after("Peak", sample_part) if sample_part else math.nan,
     )
 
 
@@ -248,14 +278,20 @@ def _parse_loudnorm(stderr: str) -> Measurement:
 # ffmpeg command lines.
 
 
-def _layout(options: NormalizeOptions) -> str:
-    return "mono" if options.channels == 1 else "stereo"
-
-
 def _remix(options: NormalizeOptions) -> str:
     # Measure and process after the same remix the output gets: a mono file played as
     # stereo has a 3 dB lower true peak per channel than the mono original, for example.
-    return f"aformat=sample_fmts=flt|fltp:channel_layouts={_layout(options)}"
+    layout = "mono" if options.channels == 1 else "stereo"
+    return f"aformat=sample_fmts=flt|fltp:channel_layouts={layout}"
+
+
+def _resample(options: NormalizeOptions) -> str:
+    return f"aresample={options.sample_rate}"
+
+
+def _ebur128(peaks: _Peaks) -> str:
+    peak = {"none": "", "sample": ":peak=sample", "both": ":peak=sample+true"}[peaks]
+    return f"ebur128=framelog=quiet{peak}"
 
 
 def _loudnorm(target: LoudnessTarget, true_peak: float) -> str:
@@ -265,11 +301,14 @@ def _loudnorm(target: LoudnessTarget, true_peak: float) -> str:
     )
 
 
-def _effective_true_peak(target: LoudnessTarget) -> float:
+def _ceiling(target: LoudnessTarget) -> float:
+    """The true peak (dBTP) we aim at before encoding."""
     return max(-9.0, target.true_peak - TRUE_PEAK_CODEC_MARGIN_DB)
 
 
 def _measure_args(path: Path, chain: str) -> list[str]:
+    """Decode all of ``path`` through ``chain`` into nothing (logging verbosely: the decode
+    statistics are what :func:`~core.audio.interpret_decode` validates)."""
     return [
         *base_args("level+verbose"),
         "-threads",
@@ -315,18 +354,19 @@ def _encode_args(
     chain: str,
     options: NormalizeOptions,
     *,
-    meter: bool = False,
+    meter: _Peaks | None = None,
     loglevel: str = "level+error",
 ) -> list[str]:
-    """Decode ``src``, run ``chain``, encode to ``tmp``; with ``meter`` also run ebur128 on the
-    filtered signal (before the encoder) and log its summary."""
+    """Decode ``src``, filter through ``chain``, encode into ``tmp``. With ``meter``, an
+    ebur128 filter also measures exactly what goes into the encoder and logs its summary."""
     graph = f"[0:a:0]{chain}"
-    if meter:
-        graph += ",asplit=2[out][meter];[meter]ebur128=peak=true:framelog=quiet,anullsink"
+    if meter is not None:
+        graph += f",asplit=2[out][meter];[meter]{_ebur128(meter)},anullsink"
+        loglevel = "level+info"
     else:
         graph += "[out]"
     return [
-        *base_args("level+info" if meter else loglevel),
+        *base_args(loglevel),
         "-threads",
         "1",
         "-filter_complex_threads",
@@ -369,20 +409,19 @@ def _check_encode(result: FFmpegResult, what: str) -> None:
 
 
 async def _measure(
-    path: Path, target: LoudnessTarget, options: NormalizeOptions, method: MeasureMethod
+    path: Path, options: NormalizeOptions, method: MeasureMethod, peaks: _Peaks
 ) -> tuple[Measurement, AudioInfo]:
     """Decode all of ``path`` once: validate it and measure its loudness."""
-    pad = f"apad=whole_dur={_MIN_MEASURE_SECONDS}"
     if method == "ebur128":
-        meter = "ebur128=peak=true:framelog=quiet"
+        meter = _ebur128(peaks)
     else:
-        meter = _loudnorm(target, target.true_peak)
-    chain = f"{_remix(options)},{pad},{meter}"
+        meter = _loudnorm(options.target, options.target.true_peak)
+    chain = f"{_remix(options)},apad=whole_dur={_MIN_MEASURE_SECONDS},{meter}"
     await asyncio.to_thread(check_audio_file, path)
     result = await run_ffmpeg(_measure_args(path, chain), timeout=options.timeout)
     info = interpret_decode(result)
     if method == "ebur128":
-        measurement = _parse_ebur128(result.stderr, target)
+        measurement = _parse_ebur128(result.stderr, options.target)
     else:
         measurement = _parse_loudnorm(result.stderr)
     return measurement, info
@@ -398,14 +437,16 @@ async def measure_loudness(
 ) -> Measurement:
     """Integrated loudness, true peak, LRA and gating threshold of ``path``.
 
-    ``method="ebur128"`` (default) uses the ebur128 filter; ``"loudnorm"`` a loudnorm analysis
-    pass (the classic first pass, several times slower). The file is measured after a remix to
-    ``channels``, as it will be played. Raises :class:`InvalidAudioError` for files that are not
-    valid audio. Silence gives a measurement whose ``usable`` is False.
+    ``method="ebur128"`` (default) uses the ebur128 filter (and also reports the sample peak);
+    ``"loudnorm"`` a loudnorm analysis pass, the classic first pass, 4-5 times as expensive.
+    The file is measured after a remix to ``channels``, as it will be played. Raises
+    :class:`InvalidAudioError` for files that are not valid audio; silence gives a measurement
+    whose ``usable`` is False.
     """
-    target = target or LoudnessTarget()
-    options = NormalizeOptions(target=target, channels=channels, timeout=timeout)
-    measurement, _ = await _measure(Path(path), target, options, method)
+    options = NormalizeOptions(
+        target=target or LoudnessTarget(), channels=channels, timeout=timeout
+    )
+    measurement, _ = await _measure(Path(path), options, method, "both")
     return measurement
 
 
@@ -416,10 +457,13 @@ async def measure_loudness(
 @dataclass
 class _Outcome:
     method: Method
-    silent: bool
     measurement: Measurement | None
     gain_db: float | None
     info: AudioInfo | None
+
+    @property
+    def silent(self) -> bool:
+        return self.method == "silent"
 
 
 def _temp_path(dst: Path, options: NormalizeOptions) -> Path:
@@ -427,54 +471,78 @@ def _temp_path(dst: Path, options: NormalizeOptions) -> Path:
     return dst.with_name(f".{dst.name}.{secrets.token_hex(6)}.part{suffix}")
 
 
-def _resample(options: NormalizeOptions) -> str:
-    return f"aresample={options.sample_rate}"
+def _gain_chain(gain: float, options: NormalizeOptions) -> str:
+    return f"{_remix(options)},volume={gain:.3f}dB,{_resample(options)}"
 
 
-async def _encode(src: Path, tmp: Path, chain: str, options: NormalizeOptions) -> None:
-    result = await run_ffmpeg(_encode_args(src, tmp, chain, options), timeout=options.timeout)
+async def _encode(
+    src: Path, tmp: Path, chain: str, options: NormalizeOptions, *, meter: _Peaks | None = None
+) -> FFmpegResult:
+    result = await run_ffmpeg(
+        _encode_args(src, tmp, chain, options, meter=meter), timeout=options.timeout
+    )
     _check_encode(result, "encoding")
+    return result
+
+
+def _limiter(ceiling_db: float) -> str:
+    limit = min(1.0, max(10 ** (ceiling_db / 20), 0.0625))
+    return f"alimiter=limit={limit:.6f}:attack=5:release=50:level=disabled:latency=1"
 
 
 async def _apply_limited(
     src: Path, tmp: Path, measurement: Measurement, options: NormalizeOptions
 ) -> float:
-    """Gain + 4x-oversampled look-ahead limiter, iterated until the loudness is on target.
+    """Gain + look-ahead limiter, iterated until loudness and true peak are both on target.
 
-    Returns the input gain finally used. The first run only meters (no encode); each later run
-    encodes and meters the same signal, so the last run's output is the one kept.
+    Limiting removes some loudness, so the gain has to be a little higher than
+    ``target - input``; it is found by metering. The limiter works on the output-rate signal
+    with its ceiling :data:`_LIMITER_ISP_MARGIN_DB` under ours, for the peaks between samples
+    (oversampling it 4x costs three times as much); every encoding run meters the true peak of
+    exactly what it encodes and lowers the limiter's ceiling if that was not enough. The first
+    run only meters (no encode) to estimate the loudness the limiter takes away; the last
+    encoding run's output is the one kept. Returns the gain used for it.
     """
     target = options.target
-    ceiling = 10 ** (_effective_true_peak(target) / 20)
-    oversampled = options.sample_rate * 4
+    ceiling = _ceiling(target)
+    limiter_ceiling = ceiling - _LIMITER_ISP_MARGIN_DB
     first_gain = target.integrated - measurement.input_i
     gain = first_gain
     encoded_gain: float | None = None
     history: list[tuple[float, float]] = []  # (gain, resulting loudness)
     for run in range(_LIMIT_MAX_RUNS):
         chain = (
-            f"{_remix(options)},volume={gain:.3f}dB,aresample={oversampled},"
-            f"alimiter=limit={max(ceiling, 0.0625):.6f}:attack=5:release=50:level=disabled"
-            f":latency=1,{_resample(options)}"
+            f"{_remix(options)},volume={gain:.3f}dB,{_resample(options)},"
+            f"{_limiter(limiter_ceiling)}"
         )
-        encode = run > 0
-        if encode:
-            args = _encode_args(src, tmp, chain, options, meter=True)
+        if run == 0:
+            result = await run_ffmpeg(
+                _measure_args(src, f"{chain},{_ebur128('none')}"), timeout=options.timeout
+            )
+            _check_encode(result, "metering the limiter")
         else:
-            args = _measure_args(src, f"{chain},ebur128=peak=true:framelog=quiet")
-        result = await run_ffmpeg(args, timeout=options.timeout)
-        _check_encode(result, "limiting" if encode else "metering the limiter")
-        if encode:
+            result = await _encode(src, tmp, chain, options, meter="both")
             encoded_gain = gain
-        reached = _parse_ebur128(result.stderr, target).input_i
-        logger.debug("limiter run %d on %s: gain %.2f dB -> %.2f LUFS", run, src, gain, reached)
-        if not math.isfinite(reached):
+        reached = _parse_ebur128(result.stderr, target)
+        logger.debug(
+            "limiter run %d on %s: gain %.2f dB, ceiling %.2f -> %.2f LUFS, %.2f dBTP",
+            run,
+            src,
+            gain,
+            limiter_ceiling,
+            reached.input_i,
+            reached.input_tp,
+        )
+        if not math.isfinite(reached.input_i):
             break
-        error = target.integrated - reached
-        if encode and abs(error) <= LIMIT_TOLERANCE_LU:
+        error = target.integrated - reached.input_i
+        peak_excess = reached.input_tp - ceiling  # NaN on the metering run: compares False
+        if run > 0 and abs(error) <= LIMIT_TOLERANCE_LU and not peak_excess > 0:
             return gain
-        history.append((gain, reached))
-        slope = 1.0  # a limiter makes loudness grow slower than the gain: secant after 2 runs
+        if peak_excess > 0:
+            limiter_ceiling -= peak_excess + 0.1
+        history.append((gain, reached.input_i))
+        slope = 1.0  # a limiter makes loudness grow slower than gain: use the secant once known
         if len(history) >= 2:
             (g1, l1), (g2, l2) = history[-2], history[-1]
             if g2 != g1:
@@ -483,44 +551,62 @@ async def _apply_limited(
     if encoded_gain is None:
         raise FFmpegError(f"the limiter produced no output for {src}")
     logger.warning(
-        "%s: the limiter could not bring the loudness within %.1f LU of %.1f LUFS",
+        "%s: could not reach %.1f LUFS (+-%.1f) under %.1f dBTP; keeping the closest try",
         src,
-        LIMIT_TOLERANCE_LU,
         target.integrated,
+        LIMIT_TOLERANCE_LU,
+        ceiling,
     )
     return encoded_gain
 
 
 async def _two_pass(src: Path, tmp: Path, options: NormalizeOptions) -> _Outcome:
     target = options.target
-    measurement, info = await _measure(src, target, options, "ebur128")
+    peaks: _Peaks = "sample" if options.screen_true_peak else "both"
+    measurement, info = await _measure(src, options, "ebur128", peaks)
     if not measurement.usable:
         logger.info("%s is silent (I=%s LUFS); transcoding only", src, measurement.input_i)
         await _encode(src, tmp, f"{_remix(options)},{_resample(options)}", options)
-        return _Outcome("silent", True, measurement, 0.0, info)
+        return _Outcome("silent", measurement, 0.0, info)
+
     gain = target.integrated - measurement.input_i
-    if measurement.input_tp + gain <= _effective_true_peak(target):
-        chain = f"{_remix(options)},volume={gain:.3f}dB,{_resample(options)}"
-        await _encode(src, tmp, chain, options)
-        return _Outcome("gain", False, measurement, gain, info)
+    ceiling = _ceiling(target)
+    if math.isfinite(measurement.input_tp):  # the true peak is known
+        fits, verify = measurement.input_tp + gain <= ceiling, False
+    else:  # screen with the sample peak, which the true peak is never below
+        headroom = ceiling - (measurement.input_sample_peak + gain)
+        fits = headroom >= 0
+        verify = fits and (
+            headroom < TRUE_PEAK_SCREEN_MARGIN_DB or info.sample_rate < _SCREEN_MIN_SAMPLE_RATE
+        )
+
+    if fits:
+        result = await _encode(
+            src, tmp, _gain_chain(gain, options), options, meter="both" if verify else None
+        )
+        if not verify:
+            return _Outcome("gain", measurement, gain, info)
+        peak = _parse_ebur128(result.stderr, target).input_tp
+        measurement = dataclasses.replace(measurement, input_tp=peak - gain)
+        if peak <= ceiling:
+            return _Outcome("gain", measurement, gain, info)
+        logger.debug("%s: true peak %.2f dBTP after gain is over %.2f", src, peak, ceiling)
     gain = await _apply_limited(src, tmp, measurement, options)
-    return _Outcome("limit", False, measurement, gain, info)
+    return _Outcome("limit", measurement, gain, info)
 
 
 async def _one_pass(src: Path, tmp: Path, options: NormalizeOptions) -> _Outcome:
     info = await probe_audio_async(src, timeout=options.timeout)
     target = options.target
-    chain = (
-        f"{_remix(options)},{_loudnorm(target, _effective_true_peak(target))},{_resample(options)}"
-    )
+    chain = f"{_remix(options)},{_loudnorm(target, _ceiling(target))},{_resample(options)}"
     # loudnorm logs its statistics at info level
     args = _encode_args(src, tmp, chain, options, loglevel="level+info")
     result = await run_ffmpeg(args, timeout=options.timeout)
     _check_encode(result, "normalizing (loudnorm)")
     measurement = _parse_loudnorm(result.stderr)
     if not measurement.usable:
-        return _Outcome("silent", True, measurement, 0.0, info)
-    return _Outcome("loudnorm-1pass", False, measurement, None, info)
+        return _Outcome("silent", measurement, 0.0, info)
+    return _Outcome("loudnorm-1pass", measurement, None, info)
 
 
 def _finish(tmp: Path, dst: Path) -> tuple[int, str, int]:
@@ -539,12 +625,12 @@ async def normalize_file(
     dst: str | os.PathLike[str],
     options: NormalizeOptions | None = None,
 ) -> NormalizeResult:
-    """Normalize ``src`` into ``dst`` (see the module docstring for the method).
+    """Normalize ``src`` into ``dst`` (see the module docstring for how).
 
     ``dst`` only ever appears complete: the output goes to a hidden temporary file in the same
-    directory which is renamed over ``dst`` at the end (and removed on any failure, timeout or
-    cancellation). Raises :class:`InvalidAudioError` when ``src`` is not valid audio and
-    :class:`~core.ffmpeg.FFmpegError` when ffmpeg fails otherwise.
+    directory (created if needed) which is renamed over ``dst`` at the end, and removed on any
+    failure, timeout or cancellation. Raises :class:`InvalidAudioError` when ``src`` is not
+    valid audio and :class:`~core.ffmpeg.FFmpegError` when ffmpeg fails otherwise.
     """
     options = options or NormalizeOptions()
     src_path, dst_path = Path(src), Path(dst)
@@ -559,14 +645,14 @@ async def normalize_file(
     finally:
         tmp.unlink(missing_ok=True)
     measured = outcome.measurement
+    gain = None if outcome.gain_db is None else round(outcome.gain_db, 3)
     logger.info(
-        "normalized %s -> %s (%s, input %s LUFS / %s dBTP, gain %s dB)",
+        "normalized %s -> %s: %s, input %s LUFS, gain %s dB",
         src_path,
         dst_path,
         outcome.method,
         f"{measured.input_i:.1f}" if measured else "?",
-        f"{measured.input_tp:.1f}" if measured else "?",
-        f"{outcome.gain_db:+.2f}" if outcome.gain_db is not None else "dynamic",
+        "dynamic" if gain is None else f"{gain:+.2f}",
     )
     return NormalizeResult(
         src=src_path,
@@ -577,7 +663,7 @@ async def normalize_file(
         method=outcome.method,
         silent=outcome.silent,
         measurement=measured,
-        gain_db=outcome.gain_db,
+        gain_db=gain,
         input=outcome.info,
     )
 

@@ -8,7 +8,6 @@ implementation's measurement or parsing cannot hide a bad output.
 
 from __future__ import annotations
 
-import math
 import re
 import struct
 import subprocess
@@ -18,18 +17,25 @@ from pathlib import Path
 from core.ffmpeg import ffmpeg_binary
 
 __all__ = [
+    "AUDIO_CASES",
+    "INVALID_CASES",
     "Loudness",
     "OpusStreamInfo",
     "clipped",
+    "corpus",
     "encode",
+    "image",
+    "isp_bursts",
     "loud_music",
     "meter",
     "opus_stream_info",
     "peaky",
     "render",
+    "repeat",
     "set_loudness",
     "silence",
     "speech",
+    "video",
 ]
 
 # A voiced "syllable" train: a 150 Hz fundamental with a few harmonics and some breath noise,
@@ -100,7 +106,7 @@ def render(
 def speech(
     dst: Path, *, seconds: float = 4.0, rate: int = 44100, channels: int = 1, gain_db: float = 0.0
 ) -> Path:
-    """Speech-like audio: harmonic "voice" bursts with pauses (about -24 LUFS at 0 dB gain)."""
+    """Speech-like audio: harmonic "voice" bursts with pauses (about -19 LUFS at 0 dB gain)."""
     graph = f"aevalsrc='{_SPEECH_EXPR}':s={rate}:d={seconds + 1},volume={gain_db}dB"
     return render(dst, graph, seconds=seconds, rate=rate, channels=channels)
 
@@ -139,6 +145,43 @@ def peaky(dst: Path, *, seconds: float = 4.0, rate: int = 44100) -> Path:
     expr = f"{_SPEECH_EXPR}*0.3+{click}"
     graph = f"aevalsrc='{expr}':s={rate}:d={seconds + 1}"
     return render(dst, graph, seconds=seconds, rate=rate, channels=2)
+
+
+def isp_bursts(dst: Path, *, burst: float, voice: float, seconds: float = 4.0) -> Path:
+    """Speech plus a 1 ms burst each second of an 11025 Hz tone at 45 degrees of phase.
+
+    At 44.1 kHz every sample of that tone lands at 0.707 of its crest, so the true peak is
+    about 2.5-3 dB above the sample peak (inter-sample peaks). ``burst=0.6, voice=0.3`` gives a
+    sample peak that looks fine for -23 LUFS but a true peak that is not (peak-to-loudness ratio
+    about 19 dB by samples, 21.7 dB true); ``burst=0.6, voice=0.5`` fits either way (16 / 18.6).
+    """
+    tone = f"{burst}*sin(2*PI*11025*t+PI/4)*lt(mod(t\\,1)\\,0.001)"
+    graph = f"aevalsrc='{_SPEECH_EXPR}*{voice}+{tone}':s=44100:d={seconds + 1}"
+    return render(dst, graph, seconds=seconds, rate=44100, channels=2)
+
+
+def image(dst: Path) -> Path:
+    """A small still image (PNG or JPEG by suffix): a video stream, no audio."""
+    _run(["-f", "lavfi", "-i", "testsrc=size=64x64:rate=1", "-frames:v", "1", str(dst)])
+    return dst
+
+
+def video(dst: Path, *, with_audio: bool, seconds: float = 2.0) -> Path:
+    """An MP4 with an MPEG-4 video stream and, optionally, a 440 Hz AAC audio track."""
+    inputs = ["-f", "lavfi", "-i", f"testsrc=size=64x64:rate=10:duration={seconds}"]
+    if with_audio:
+        inputs += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
+        codecs = ["-c:v", "mpeg4", "-c:a", "aac", "-shortest"]
+    else:
+        codecs = ["-c:v", "mpeg4"]
+    _run([*inputs, *codecs, str(dst)])
+    return dst
+
+
+def repeat(src: Path, dst: Path, *, times: int) -> Path:
+    """``src`` played ``times`` times in a row, encoded to ``dst`` (cheap long inputs)."""
+    _run(["-stream_loop", str(times - 1), "-i", str(src), *_codec_args(dst), str(dst)])
+    return dst
 
 
 def encode(src: Path, dst: Path, *, extra: list[str] | None = None) -> Path:
@@ -268,5 +311,111 @@ def opus_stream_info(path: Path) -> OpusStreamInfo:
     )
 
 
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)
+# ---------------------------------------------------------------------------------------------
+# The shared test corpus.
+
+# Inputs that normalize to -23 LUFS, by name.
+AUDIO_CASES = (
+    "speech",
+    "loud_music",
+    "quiet",
+    "clipped",
+    "mono_8k",
+    "stereo_96k",
+    "short_1s",
+    "peaky",
+    "peaky_1s",
+    "isp_over",
+    "isp_fits",
+    "vorbis",
+    "opus",
+    "m4a",
+    "video_with_audio",
+)
+
+# Inputs that are not valid audio, with a word their rejection reason must contain.
+INVALID_CASES = {
+    "empty": "empty",
+    "missing": "not found",
+    "directory": "not a regular file",
+    "text": "not a recognised audio file",
+    "png": "PNG image",
+    "png_as_mp3": "PNG image",
+    "jpeg": "JPEG image",
+    "video_only": "no audio stream",
+    "truncated": "truncated",
+    "corrupt_middle": "corrupt",
+    "playlist": "not a recognised audio file",
+}
+
+
+def _build(folder: Path) -> dict[str, Path]:
+    f = folder
+    c: dict[str, Path] = {}
+    c["speech"] = speech(f / "speech.mp3")
+    c["loud_music"] = loud_music(f / "loud_music.flac")
+    c["quiet"] = set_loudness(speech(f / "quiet_src.wav"), f / "quiet.wav", -45.0)
+    c["clipped"] = clipped(f / "clipped.wav")
+    c["mono_8k"] = speech(f / "mono_8k.wav", rate=8000)
+    c["stereo_96k"] = loud_music(f / "stereo_96k.flac", rate=96000)
+    c["short_1s"] = speech(f / "short_1s.mp3", seconds=1.0)
+    c["peaky"] = peaky(f / "peaky.wav")
+    c["peaky_1s"] = peaky(f / "peaky_1s.wav", seconds=1.0)
+    c["isp_over"] = isp_bursts(f / "isp_over.wav", burst=0.6, voice=0.3)
+    c["isp_fits"] = isp_bursts(f / "isp_fits.wav", burst=0.6, voice=0.5)
+    c["vorbis"] = speech(f / "vorbis.ogg", channels=2)
+    c["opus"] = speech(f / "opus.opus", rate=48000)
+    c["m4a"] = loud_music(f / "music.m4a")
+    c["video_with_audio"] = video(f / "video_with_audio.mp4", with_audio=True)
+    c["silence"] = silence(f / "silence.wav")
+    c["blip"] = speech(f / "blip.wav", seconds=0.25, channels=2)
+    c["wav"] = speech(f / "speech.wav")
+    c["flac"] = speech(f / "speech.flac")
+    c["mp3_no_header"] = render(
+        f / "no_header.mp3",
+        "sine=frequency=330:sample_rate=44100:duration=5",
+        seconds=4.0,
+        extra=["-write_xing", "0", "-q:a", "4"],
+    )
+
+    # Not audio.
+    (f / "empty.mp3").write_bytes(b"")
+    c["empty"] = f / "empty.mp3"
+    c["missing"] = f / "no-such-file.mp3"
+    c["directory"] = f / "a-directory.mp3"
+    c["directory"].mkdir(exist_ok=True)
+    c["text"] = f / "notes.mp3"
+    c["text"].write_text("These are my notes, not a song.\n" * 20)
+    c["png"] = image(f / "image.png")
+    c["png_as_mp3"] = f / "image.mp3"
+    c["png_as_mp3"].write_bytes(c["png"].read_bytes())
+    c["jpeg"] = image(f / "photo.jpg")
+    c["video_only"] = video(f / "video_only.mp4", with_audio=False)
+    long_mp3 = speech(f / "six_seconds.mp3", seconds=6.0, channels=2)
+    data = long_mp3.read_bytes()
+    c["truncated"] = f / "truncated.mp3"
+    c["truncated"].write_bytes(data[: len(data) * 4 // 10])
+    # 4 KiB of noise in the middle of the frames: the decoder loses sync and reports errors.
+    corrupt = bytearray(data)
+    middle = len(corrupt) // 2
+    corrupt[middle : middle + 4096] = bytes((i * 7919 + 13) % 251 for i in range(4096))
+    c["corrupt_middle"] = f / "corrupt_middle.mp3"
+    c["corrupt_middle"].write_bytes(bytes(corrupt))
+    c["playlist"] = f / "playlist.mp3"
+    c["playlist"].write_text(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://127.0.0.1:9/x.ts\n#EXT-X-ENDLIST\n"
+    )
+    return c
+
+
+def corpus(folder: Path) -> dict[str, Path]:
+    """Generate (once per ``folder``) every test input, keyed by case name."""
+    done = folder / ".complete"
+    if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        files = _build(folder)
+        done.write_text("\n".join(f"{k}={v.name}" for k, v in files.items()))
+    return {
+        key: folder / name
+        for key, name in (line.split("=", 1) for line in done.read_text().splitlines())
+    }
