@@ -1,0 +1,1 @@
+"""The web app (aiohttp): sign-in, account, credits, admin, JSON API, health and metrics."""

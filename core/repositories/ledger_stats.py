@@ -35,6 +35,15 @@ async def balances_at(
     return [None if value is None else int(value) for value in row]
 
 
+async def first_activity(session: AsyncSession, *, user_id: int) -> datetime | None:
+    """When the user's ledger starts (an index seek)."""
+    stmt = select(func.min(col(CreditTransaction.created_at))).where(
+        col(CreditTransaction.user_id) == user_id
+    )
+    value = (await session.execute(stmt)).scalar_one_or_none()
+    return value if isinstance(value, datetime) else None
+
+
 async def spending_by_action(
     session: AsyncSession,
     *,

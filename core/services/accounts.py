@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -33,6 +34,10 @@ MAX_ACTIVE_TOKENS = 20
 MAX_TOKEN_NAME = 100
 # last_used_at is written at most this often per token: reads stay reads on a busy token.
 TOUCH_INTERVAL = timedelta(seconds=60)
+# A token seen valid is trusted this long without a query (revoking here takes effect at once;
+# a revocation by another process, and a change of the user's role, within this many seconds).
+AUTH_CACHE_SECONDS = 5.0
+AUTH_CACHE_SIZE = 10_000
 
 _PROVIDER = re.compile(r"^[a-z0-9_-]{1,32}$")
 _TITLES = {"discord": "Discord", "github": "GitHub", "google": "Google", "oidc": "OpenID Connect"}
@@ -61,10 +66,19 @@ class TokenAuth:
 
 
 class AccountService:
-    def __init__(self, db: Database, users_service: UserService, credits: CreditsService) -> None:
+    def __init__(
+        self,
+        db: Database,
+        users_service: UserService,
+        credits: CreditsService,
+        *,
+        auth_cache_seconds: float = AUTH_CACHE_SECONDS,
+    ) -> None:
+        self.auth_cache_seconds = auth_cache_seconds
         self._db = db
         self._users = users_service
         self._credits = credits
+        self._auth_cache: dict[str, tuple[float, TokenAuth]] = {}
 
     # Sign-in identities -------------------------------------------------------------------
 
@@ -254,6 +268,7 @@ class AccountService:
             if token is None or token.user_id != user_id or token.revoked_at is not None:
                 raise NotFound("There is no such active token on your account.")
             await api_tokens.revoke(session, token=token)
+        self._auth_cache.pop(token.token_hash, None)
         log.info("api token revoked user=%s token=%s", user_id, token_id)
         return token
 
@@ -261,9 +276,14 @@ class AccountService:
         """The user and token id behind a plaintext token, or None if it is unknown/revoked."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
+        digest = hash_token(token)
+        cached = self._auth_cache.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         async with self._db.session() as session:
-            found = await api_tokens.get_active_with_user(session, token_hash=hash_token(token))
+            found = await api_tokens.get_active_with_user(session, token_hash=digest)
         if found is None:
+            self._auth_cache.pop(digest, None)
             return None
         row, user = found
         now = utcnow()
@@ -272,7 +292,12 @@ class AccountService:
                 await api_tokens.touch_if_older(
                     session, token_id=row.id or 0, older_than=now - TOUCH_INTERVAL
                 )
-        return TokenAuth(user=user, token_id=row.id or 0)
+        auth = TokenAuth(user=user, token_id=row.id or 0)
+        if len(self._auth_cache) >= AUTH_CACHE_SIZE:
+            self._auth_cache.clear()
+        if self.auth_cache_seconds > 0:
+            self._auth_cache[digest] = (time.monotonic() + self.auth_cache_seconds, auth)
+        return auth
 
     async def authenticate(self, token: str) -> User | None:
         found = await self.authenticate_token(token)
@@ -290,6 +315,10 @@ class AccountService:
         async with self._db.session() as session:
             values = await ledger_stats.balances_at(session, user_id=user_id, moments=moments)
         return [(m, v) for m, v in zip(moments, values, strict=True) if v is not None]
+
+    async def first_activity(self, user_id: int) -> datetime | None:
+        async with self._db.session() as session:
+            return await ledger_stats.first_activity(session, user_id=user_id)
 
     async def spending_by_action(
         self,
