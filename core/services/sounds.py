@@ -228,7 +228,7 @@ class SoundService:
                 f"{human_size(self._settings.sound_max_bytes)})."
             )
         max_ms = self._settings.sound_max_duration_ms
-        declared = await asyncio.to_thread(audio._mutagen_duration_ms, path)
+        declared = await asyncio.to_thread(audio.get_declared_duration, path)
         if declared is not None and declared > max_ms:
             raise InvalidInput(self._too_long(declared))
         try:
