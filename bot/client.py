@@ -77,8 +77,24 @@ class SoundBotMixin:
         install_error_handler(self.bot)
         await load_all(self.bot)
         self.pacer.start()
+        self.spawn(self._log_pacer_stats())
         await self.services.extractions.start_processor()
         await self.sync_commands()
+
+    async def _log_pacer_stats(self) -> None:
+        """One log line per interval while audio flows: how many packets, how late."""
+        while True:
+            await asyncio.sleep(self.settings.pacer_stats_interval_seconds)
+            stats = self.pacer.snapshot()
+            if stats.packets:
+                log.info(
+                    "pacer streams=%s packets=%s late_over_20ms=%s p99_ms<=%s max_late_ms=%.1f",
+                    self.pacer.active,
+                    stats.packets,
+                    stats.late_over_20ms,
+                    stats.percentile_bound_ms(99),
+                    stats.max_lateness * 1000,
+                )
 
     async def sync_commands(self) -> None:
         tree = self.bot.tree

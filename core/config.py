@@ -108,6 +108,7 @@ class Settings(BaseSettings):
     # "opus" streams the Ogg Opus playback file; "ffmpeg-pcm" is discord.py's stock path
     # (ffmpeg decodes, the bot encodes), kept only to measure against.
     playback_engine: Literal["opus", "ffmpeg-pcm"] = "opus"
+    pacer_stats_interval_seconds: float = Field(default=60.0, gt=0)
 
     # Extraction
     extraction_max_concurrent: int = Field(default=2, ge=1)

@@ -23,11 +23,6 @@ COGS = (
 
 async def load_all(bot: commands.Bot) -> None:
     for name in COGS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not written yet: features arrive one cog at a time
-                continue
-            raise
+        module = importlib.import_module(name)
         await module.setup(bot)
         log.debug("cog loaded %s", name)

@@ -55,11 +55,46 @@ class Stream:
         self.stopped = True
 
 
+LATENESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 1000)
+
+
 @dataclass
 class PacerStats:
+    """Send lateness against each packet's 20 ms schedule, since the last snapshot."""
+
     packets: int = 0
     late_over_20ms: int = 0
     max_lateness: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENESS_BUCKETS_MS) + 1))
+
+    def observe(self, late: float) -> None:
+        self.packets += 1
+        if late > FRAME_SECONDS:
+            self.late_over_20ms += 1
+        if late > self.max_lateness:
+            self.max_lateness = late
+        late_ms = late * 1000
+        for index, bound in enumerate(LATENESS_BUCKETS_MS):
+            if late_ms <= bound:
+                self.buckets[index] += 1
+                return
+        self.buckets[-1] += 1
+
+    def percentile_bound_ms(self, q: float) -> float:
+        """The smallest bucket bound that at least `q` percent of packets stayed under."""
+        if not self.packets:
+            return 0.0
+        needed = self.packets * q / 100
+        seen = 0
+        for index, count in enumerate(self.buckets):
+            seen += count
+            if seen >= needed:
+                return (
+                    float(LATENESS_BUCKETS_MS[index])
+                    if index < len(LATENESS_BUCKETS_MS)
+                    else (self.max_lateness * 1000)
+                )
+        return self.max_lateness * 1000
 
 
 class Pacer:
@@ -84,6 +119,11 @@ class Pacer:
         if self._thread is not None:
             self._thread.join(timeout=2)
             self._thread = None
+
+    def snapshot(self) -> PacerStats:
+        """The statistics since the previous snapshot (and start a new period)."""
+        stats, self.stats = self.stats, PacerStats()
+        return stats
 
     @property
     def active(self) -> int:
@@ -169,12 +209,7 @@ class Pacer:
             stream.first_packet_at = now
         stream.sent += 1
         late = now - due
-        stats = self.stats
-        stats.packets += 1
-        if late > FRAME_SECONDS:
-            stats.late_over_20ms += 1
-        if late > stats.max_lateness:
-            stats.max_lateness = late
+        self.stats.observe(late)
         if self.record_lateness:
             stream.lateness.append(late)
         return due + FRAME_SECONDS

@@ -135,6 +135,9 @@ class VoiceServer:
         self.packets: dict[int, list[RtpPacket]] = {}
         self.speaking: list[SpeakingEvent] = []
         self.ws_frames_received: list[dict[str, Any]] = []
+        # Set by load benchmarks: record (sequence, arrival_ns) per guild, skip decryption.
+        self.headers_only = False
+        self.header_log: dict[int, list[tuple[int, int]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start_udp(self) -> None:
@@ -390,6 +393,11 @@ class VoiceServer:
         conn = self._by_ssrc.get(ssrc)
         if conn is None or conn.mode is None:
             _log.debug("RTP for unknown ssrc %s", ssrc)
+            return
+        if self.headers_only:
+            # Load benchmarks: thousands of packets a second, only their timing matters.
+            sequence = struct.unpack_from(">H", data, 2)[0]
+            self.header_log.setdefault(conn.guild_id, []).append((sequence, arrival_ns))
             return
         packet = decrypt_rtpsize_packet(data, conn.secret_key)
         if packet is None:

@@ -1,0 +1,189 @@
+"""How many guilds one bot process can play into at once with no packet more than 20 ms late
+at p99, against the fake Discord (the bot is its own process, `soundboard bot`).
+
+For each guild count: every guild gets a member in voice and a first short play (so the bot is
+connected everywhere), then a long sound is played in all of them at once. While all streams
+run, the bot logs its pacer's send lateness every 2 s; the fake voice server records each
+packet's arrival. CPU per stream comes from the bot process's /proc stat.
+
+    uv run python -m bench.bench_concurrency --guilds 100,250,500 --seconds 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.config import load_settings  # noqa: E402
+from core.migrate import upgrade  # noqa: E402
+from core.services.container import Services  # noqa: E402
+from tests.core import audiogen  # noqa: E402
+from tests.fakediscord import FakeDiscord  # noqa: E402
+
+PACER_LINE = re.compile(
+    r"pacer streams=(\d+) packets=(\d+) late_over_20ms=(\d+) p99_ms<=([\d.]+) "
+    r"max_late_ms=([\d.]+)"
+)
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+async def run(guilds: int, seconds: float, engine: str, workdir: Path) -> dict[str, float]:
+    data = workdir / f"{engine}-{guilds}"
+    data.mkdir()
+    settings = load_settings(data_dir=data / "data", sounds_dir=data / "sounds", _env_file=None)
+    await upgrade(settings.database_url)
+    async with Services.from_settings(settings) as services:
+        blip = audiogen.render(data / "blip.wav", "sine=frequency=330", seconds=0.3)
+        await services.sounds.add_file(blip, name="blip")
+        long = audiogen.render(data / "long.wav", "sine=frequency=440", seconds=seconds)
+        await services.sounds.add_file(long, name="long")
+    async with FakeDiscord() as fake:
+        fake.voice.headers_only = True
+        members = []
+        for n in range(guilds):
+            guild = await fake.add_guild(name=f"g{n}")
+            member = await fake.add_member(guild.id, name=f"m{n}")
+            members.append((guild, member))
+        env = fake.client_env(
+            {
+                "PATH": os.environ.get("PATH", ""),
+                "HOME": str(data),
+                "DATA_DIR": str(data / "data"),
+                "SOUNDS_DIR": str(data / "sounds"),
+                "DISCORD_GUILD_READY_TIMEOUT": "0.5",
+                "PLAY_COOLDOWN_SECONDS": "0",
+                "PLAYBACK_ENGINE": engine,
+                "PACER_STATS_INTERVAL_SECONDS": "2",
+                "LOG_LEVEL": "INFO",
+            }
+        )
+        exe = Path(sys.executable).with_name("soundboard")
+        proc = await asyncio.create_subprocess_exec(
+            str(exe), "bot", cwd=data, env=env, stderr=asyncio.subprocess.DEVNULL
+        )
+        log_file = data / "data" / "logs" / "soundboard.log"
+        try:
+            await fake.wait_for_commands(timeout=120)
+            await fake.wait_for_gateway_ready(timeout=120)
+            for guild, member in members:
+                await fake.set_user_voice(guild.id, member.id, guild.voice_channel.id)
+
+            async def play_everywhere(sound: str) -> None:
+                for chunk in range(0, guilds, 50):
+                    await asyncio.gather(
+                        *(
+                            fake.send_slash_command(
+                                g.id, g.text_channel.id, m.id, "play", {"sound": sound}
+                            )
+                            for g, m in members[chunk : chunk + 50]
+                        )
+                    )
+
+            def received(guild_id: int) -> int:
+                return len(fake.voice.header_log.get(guild_id, []))
+
+            await play_everywhere("blip")
+            await fake.wait_for(
+                lambda: all(received(g.id) >= 15 for g, _ in members),
+                timeout=300,
+                what="every guild connected",
+            )
+            await asyncio.sleep(1.0)
+            before = {g.id: received(g.id) for g, _ in members}
+            log_offset = log_file.stat().st_size
+            cpu0, wall0 = cpu_seconds(proc.pid or 0), time.perf_counter()
+            await play_everywhere("long")
+            expected = int(seconds / 0.020 * 0.95)
+            await fake.wait_for(
+                lambda: all(received(g.id) - before[g.id] >= expected for g, _ in members),
+                timeout=seconds * 6 + 60,
+                what="long sound everywhere",
+            )
+            cpu1, wall1 = cpu_seconds(proc.pid or 0), time.perf_counter()
+            await asyncio.sleep(2.5)  # the last pacer line of the window
+            with log_file.open() as fh:
+                fh.seek(log_offset)
+                lines = [PACER_LINE.search(line) for line in fh]
+            windows = [m for m in lines if m and int(m.group(1)) >= guilds * 0.95]
+            for m in lines:
+                if m:
+                    print("  window:", m.group(0), file=sys.stderr)
+            packets = sum(int(m.group(2)) for m in windows)
+            late = sum(int(m.group(3)) for m in windows)
+            p99 = max((float(m.group(4)) for m in windows), default=float("nan"))
+            max_late = max((float(m.group(5)) for m in windows), default=float("nan"))
+            # Receiver side: each packet against its stream's ideal 20 ms schedule.
+            lateness: list[float] = []
+            for guild, _ in members:
+                log = fake.voice.header_log[guild.id][before[guild.id] :]
+                first = log[0][1]
+                lateness += [
+                    (arrival - first) / 1e6 - 20 * index for index, (_, arrival) in enumerate(log)
+                ]
+            lateness.sort()
+            recv_p99 = lateness[int(len(lateness) * 0.99)] - lateness[0]
+            stream_seconds = guilds * (wall1 - wall0)
+            return {
+                "guilds": guilds,
+                "windows": len(windows),
+                "send_p99_ms": p99,
+                "late_fraction": late / packets if packets else float("nan"),
+                "max_late_ms": max_late,
+                "recv_p99_ms": recv_p99,
+                "cpu_ms_per_stream_s": (cpu1 - cpu0) * 1000 / stream_seconds,
+                "bot_cpu_percent": (cpu1 - cpu0) / (wall1 - wall0) * 100,
+            }
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=60)
+            except TimeoutError:
+                proc.kill()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--guilds", default="100,250,500")
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--engine", default="opus", choices=["opus", "ffmpeg-pcm"])
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-conc-"))
+    rows = []
+    try:
+        for count in (int(g) for g in args.guilds.split(",")):
+            rows.append(await run(count, args.seconds, args.engine, workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"# Concurrent playback ({args.engine}, {args.seconds:.0f} s sound in every guild)")
+    print()
+    print(
+        "| guilds | send p99 ms (bucket bound) | packets >20 ms late | max send late ms "
+        "| receive p99 ms | CPU ms per stream-second | bot CPU % |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['guilds']:.0f} | ≤{r['send_p99_ms']:.0f} | {r['late_fraction']:.3%} "
+            f"| {r['max_late_ms']:.1f} | {r['recv_p99_ms']:.1f} "
+            f"| {r['cpu_ms_per_stream_s']:.2f} | {r['bot_cpu_percent']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
