@@ -7,9 +7,12 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 
+from core.services.container import Services
 from tests.core.helpers import make_user
 from tests.web.conftest import Web
+from web import live
 
 
 async def _next_event(response: aiohttp.ClientResponse, timeout: float = 5.0) -> dict[str, Any]:
@@ -86,3 +89,22 @@ async def test_shutdown_ends_open_streams(web: Web) -> None:
         remainder = await stream.content.read()
     assert b"event:" not in remainder
     stream.release()
+
+
+async def test_changes_from_another_process_arrive(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bot may run in a process of its own: on SQLite its events never reach us, so the
+    stream reads the ledger back; on PostgreSQL they come over LISTEN/NOTIFY."""
+    monkeypatch.setattr(live, "POLL_SECONDS", 0.2)
+    user = await web.login("discord")
+    async with (
+        Services.from_settings(web.settings) as bot_process,
+        web.client.get("/credits/live") as stream,
+    ):
+        await _next_event(stream)
+        spent = await bot_process.credits.deduct(user.id or 0, 2, meta={"sound": "elsewhere"})
+        event = await _next_event(stream)
+        assert event["data"]["row"]["id"] == spent.id
+        assert event["data"]["balance"] == user.credits - 2
+        assert event["data"]["row"]["details"] == "sound: elsewhere"
