@@ -39,6 +39,7 @@ from core.migrate import upgrade
 from core.models import CreditTransaction, User, utcnow
 from core.repositories.base import encode_cursor
 from core.services.container import Services
+from soundboard_cli.main import run_coroutine
 from web.security import COOKIE_NAME, session_fernet
 
 SECRET = "bench-session-secret"
@@ -156,7 +157,7 @@ def serve(settings_json: str) -> None:
         async with Services.from_settings(settings) as services:
             await serve_web(settings, services)
 
-    asyncio.run(main())
+    run_coroutine(main())
 
 
 async def wait_ready(base: str) -> None:

@@ -43,7 +43,10 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # A pool as large as the concurrency we expect: overflow connections are opened and closed
+    # per use, which costs more than the query. Connections are recycled rather than pinged
+    # before every use (a ping is a round trip on every request).
+    return create_async_engine(url, echo=echo, pool_size=20, max_overflow=20, pool_recycle=1800)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -38,7 +38,19 @@ def guild_folder(guild_id: int | None) -> str:
 
 
 class SoundStorage(Protocol):
-    """The operations the library needs from a place that keeps files."""
+    """The operations the library needs from a place that keeps files.
+
+    Every process (bot shards, web processes, workers) must see the same files: with several
+    machines, SOUNDS_DIR is a shared volume. An object store fits behind this interface by
+    keeping a local cache folder for `original_path`/`normalized_path` (ffmpeg and the bot
+    read local files) and uploading in `store_original` and after normalizing.
+    """
+
+    root: Path
+    originals: Path
+    normalized: Path
+    temp: Path
+    thumbnails: Path
 
     def ensure_layout(self) -> None: ...
 

@@ -8,7 +8,9 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+import uvloop
 
 from core.config import ConfigError, Settings, load_settings
 from core.errors import SoundboardError
@@ -17,6 +19,7 @@ from soundboard_cli import commands_credits, commands_serve, commands_users
 from soundboard_cli.output import err
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
@@ -44,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     for module in [*COMMAND_MODULES, *_optional_modules()]:
         module.register(sub)  # type: ignore[attr-defined]
     return parser
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on uvloop, the event loop every soundboard process uses."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 async def _until_signalled(command: Coroutine[Any, Any, int]) -> int:
@@ -83,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings, console=getattr(args, "log_console", False))
     handler: Handler = args.handler
     try:
-        return asyncio.run(_until_signalled(handler(args, settings)))
+        return run_coroutine(_until_signalled(handler(args, settings)))
     except KeyboardInterrupt:
         return 130
     except (SoundboardError, ConfigError) as exc:

@@ -24,7 +24,7 @@ from core.services.playlists import PlaylistService
 from core.services.scanner import Scanner
 from core.services.sounds import SoundService
 from core.services.users import UserService
-from core.storage import LocalStorage
+from core.storage import LocalStorage, SoundStorage
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Services:
         self.users = UserService(db, self.events, self.credits, settings.credits_default_plan)
         self.accounts = AccountService(db, self.users, self.credits)
         self.metrics = Metrics()
-        self.storage = LocalStorage(settings.sounds_dir)
+        self.storage: SoundStorage = LocalStorage(settings.sounds_dir)
         self.sounds = SoundService(db, settings, self.storage)
         self.scanner = Scanner(db, self.sounds)
         self.guilds = GuildService(db, settings)

@@ -24,7 +24,7 @@ from core.repositories import guilds
 from core.repositories import sounds as repo
 from core.repositories.base import Page
 from core.services.normalizer import NormalizeOutcome, Normalizer
-from core.storage import LocalStorage
+from core.storage import SoundStorage
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def rank_names(
 
 
 class SoundService:
-    def __init__(self, db: Database, settings: Settings, storage: LocalStorage) -> None:
+    def __init__(self, db: Database, settings: Settings, storage: SoundStorage) -> None:
         self._db = db
         self._settings = settings
         self.storage = storage
