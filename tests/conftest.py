@@ -8,12 +8,10 @@ import pytest
 from core.config import Settings, load_settings
 from core.services.container import Services
 from tests.dbutil import (
-    PG_SKIP_REASON,
-    SQLITE_SKIP_REASON,
     PostgresTemplates,
     SqliteTemplates,
+    fresh_database,
     pg_base_url,
-    skip_sqlite,
 )
 
 
@@ -40,13 +38,7 @@ async def database_url(
     pg_templates: PostgresTemplates | None,
 ) -> str:
     """A fresh, migrated database; every test that takes it runs on SQLite and PostgreSQL."""
-    if request.param == "sqlite":
-        if skip_sqlite():
-            pytest.skip(SQLITE_SKIP_REASON)
-        return await sqlite_templates.fresh_url()
-    if pg_templates is None:
-        pytest.skip(PG_SKIP_REASON)
-    return await pg_templates.fresh_url()
+    return await fresh_database(request.param, sqlite_templates, pg_templates)
 
 
 @pytest.fixture

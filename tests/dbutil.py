@@ -107,3 +107,18 @@ class PostgresTemplates:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+async def fresh_database(
+    kind: str, sqlite: SqliteTemplates, postgres: PostgresTemplates | None
+) -> str:
+    """A fresh migrated database of `kind` ("sqlite" or "postgres"), or a skip saying why."""
+    import pytest
+
+    if kind == "sqlite":
+        if skip_sqlite():
+            pytest.skip(SQLITE_SKIP_REASON)
+        return await sqlite.fresh_url()
+    if postgres is None:
+        pytest.skip(PG_SKIP_REASON)
+    return await postgres.fresh_url()

@@ -7,11 +7,9 @@ import pytest_asyncio
 
 from tests.bot.harness import BotEnv, bot_env
 from tests.dbutil import (
-    PG_SKIP_REASON,
-    SQLITE_SKIP_REASON,
     PostgresTemplates,
     SqliteTemplates,
-    skip_sqlite,
+    fresh_database,
 )
 
 
@@ -23,13 +21,6 @@ async def env(
     pg_templates: PostgresTemplates | None,
 ) -> AsyncIterator[BotEnv]:
     """One running bot per test module and database; tests use their own sounds and members."""
-    if request.param == "sqlite":
-        if skip_sqlite():
-            pytest.skip(SQLITE_SKIP_REASON)
-        url = await sqlite_templates.fresh_url()
-    else:
-        if pg_templates is None:
-            pytest.skip(PG_SKIP_REASON)
-        url = await pg_templates.fresh_url()
+    url = await fresh_database(request.param, sqlite_templates, pg_templates)
     async with bot_env(tmp_path_factory.mktemp("bot"), url) as environment:
         yield environment

@@ -14,11 +14,9 @@ from core.models import SoundType
 from tests.bot.harness import BotEnv, bot_env
 from tests.core import audiogen
 from tests.dbutil import (
-    PG_SKIP_REASON,
-    SQLITE_SKIP_REASON,
     PostgresTemplates,
     SqliteTemplates,
-    skip_sqlite,
+    fresh_database,
 )
 from tests.fakediscord import MANAGE_GUILD, FakeMember
 
@@ -34,14 +32,7 @@ async def env(
     pg_templates: PostgresTemplates | None,
 ) -> AsyncIterator[BotEnv]:
     """The usual bot, with one owner id configured; the owner is a member without rights."""
-    if request.param == "sqlite":
-        if skip_sqlite():
-            pytest.skip(SQLITE_SKIP_REASON)
-        url = await sqlite_templates.fresh_url()
-    else:
-        if pg_templates is None:
-            pytest.skip(PG_SKIP_REASON)
-        url = await pg_templates.fresh_url()
+    url = await fresh_database(request.param, sqlite_templates, pg_templates)
     async with bot_env(
         tmp_path_factory.mktemp("bot"), url, discord_owner_ids=[OWNER_ID]
     ) as environment:

@@ -14,11 +14,9 @@ from core.models import ExtractionStatus
 from tests.bot.harness import BotEnv, answer_text, bot_env
 from tests.core import extraction_media as xm
 from tests.dbutil import (
-    PG_SKIP_REASON,
-    SQLITE_SKIP_REASON,
     PostgresTemplates,
     SqliteTemplates,
-    skip_sqlite,
+    fresh_database,
 )
 from tests.fakediscord import audio_frames
 
@@ -33,14 +31,7 @@ async def env(
     pg_templates: PostgresTemplates | None,
     media_site_session: xm.MediaSite,
 ) -> AsyncIterator[BotEnv]:
-    if request.param == "sqlite":
-        if skip_sqlite():
-            pytest.skip(SQLITE_SKIP_REASON)
-        url = await sqlite_templates.fresh_url()
-    else:
-        if pg_templates is None:
-            pytest.skip(PG_SKIP_REASON)
-        url = await pg_templates.fresh_url()
+    url = await fresh_database(request.param, sqlite_templates, pg_templates)
     async with bot_env(
         tmp_path_factory.mktemp("bot"),
         url,
