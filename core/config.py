@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     database_url: str = ""
     sounds_dir: Path = Path("./sounds")
     database_echo: bool = False
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
 
     # Logging
     log_level: str = "INFO"
@@ -100,6 +102,12 @@ class Settings(BaseSettings):
     loudness_target_i: float = -23.0
     loudness_target_tp: float = -2.0
     loudness_target_lra: float = 7.0
+    # A normalization worker renews its sounds' leases while it works; the sounds of a worker
+    # whose lease ran out (it died) are taken by another worker.
+    normalize_lease_seconds: float = Field(default=60.0, ge=1)
+    # The bot process runs a normalization worker; turn it off when dedicated
+    # `soundboard normalize --worker` processes do the work.
+    normalize_worker_in_bot: bool = True
 
     # Playback
     queue_cap: int = Field(default=25, ge=1)

@@ -32,7 +32,9 @@ def _prepare_sqlite_path(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 10
+) -> AsyncEngine:
     """Create the engine; on SQLite every connection gets WAL, foreign keys and a busy timeout."""
     if url.startswith("sqlite"):
         _prepare_sqlite_path(url)
@@ -43,10 +45,13 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
-    # A pool as large as the concurrency we expect: overflow connections are opened and closed
-    # per use, which costs more than the query. Connections are recycled rather than pinged
-    # before every use (a ping is a round trip on every request).
-    return create_async_engine(url, echo=echo, pool_size=20, max_overflow=20, pool_recycle=1800)
+    # Size the pool for the concurrency you expect (DATABASE_POOL_SIZE): overflow connections
+    # are opened and closed per use, which costs more than the query; but every process takes
+    # its pool from PostgreSQL's max_connections (100 by default). Connections are recycled
+    # rather than pinged before every use (a ping is a round trip on every request).
+    return create_async_engine(
+        url, echo=echo, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800
+    )
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -85,8 +90,10 @@ class Database:
         self._write = async_sessionmaker(write_engine, class_=AsyncSession, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str, *, echo: bool = False) -> Database:
-        return cls(create_engine(url, echo=echo))
+    def from_url(
+        cls, url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 10
+    ) -> Database:
+        return cls(create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow))
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

@@ -33,7 +33,9 @@ class UserCreditsChanged(Event):
 
 @dataclass(frozen=True)
 class PlayRequested(Event):
-    """A play asked for outside Discord (the web API); the bot owning the guild carries it out."""
+    """A play asked for outside Discord (the web API); the bot owning the guild carries it out.
+    `guild_id` is the sound's guild, 0 for a global-library sound (played wherever the member
+    is in voice)."""
 
     name: ClassVar[str] = "play_requested"
 
@@ -42,6 +44,34 @@ class PlayRequested(Event):
     discord_id: int
     sound_id: int
     guild_id: int
+
+
+@dataclass(frozen=True)
+class PlayClaimed(Event):
+    """A bot process found the member of a PlayRequested and is carrying the play out; its
+    PlayAnswered follows (it may take a while: joining a voice channel takes seconds)."""
+
+    name: ClassVar[str] = "play_claimed"
+
+    request_id: str
+    guild_id: int
+
+
+@dataclass(frozen=True)
+class PlayAnswered(Event):
+    """The outcome of a PlayRequested. `code` is stable ("playing", "queued", "not_in_voice",
+    "insufficient_credits", "queue_full", ...); `message` is written for the member.
+    `balance_after` is the balance after the play (or the balance that was too low)."""
+
+    name: ClassVar[str] = "play_answered"
+
+    request_id: str
+    ok: bool
+    code: str
+    message: str
+    guild_id: int | None = None
+    position: int | None = None
+    balance_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +84,8 @@ class ExtractionUpdated(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.name: cls for cls in (UserCreditsChanged, PlayRequested, ExtractionUpdated)
+    cls.name: cls
+    for cls in (UserCreditsChanged, PlayRequested, PlayClaimed, PlayAnswered, ExtractionUpdated)
 }
 
 

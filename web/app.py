@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
-# Modules whose `routes` (an ApiRoutes) make up /api/v1. Add "web.api_sounds" here.
-API_MODULES: tuple[str, ...] = ("web.api_core",)
+# Modules whose `routes` (an ApiRoutes) make up /api/v1.
+API_MODULES: tuple[str, ...] = ("web.api_core", "web.api_sounds")
 MAX_BODY_BYTES = 1024 * 1024
 SHUTDOWN_TIMEOUT = 5.0
 

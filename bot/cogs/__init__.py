@@ -18,6 +18,7 @@ COGS = (
     "bot.cogs.entrance",
     "bot.cogs.admin",
     "bot.cogs.extraction",
+    "bot.cogs.remote",
 )
 
 

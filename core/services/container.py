@@ -19,8 +19,10 @@ from core.services.accounts import AccountService
 from core.services.credits import CreditsService
 from core.services.extraction import ExtractionService
 from core.services.guilds import GuildService
+from core.services.normalize_worker import NormalizeWorker
 from core.services.playback import PlaybackService
 from core.services.playlists import PlaylistService
+from core.services.remote_play import RemotePlayService
 from core.services.scanner import Scanner
 from core.services.sounds import SoundService
 from core.services.users import UserService
@@ -42,14 +44,21 @@ class Services:
         self.storage: SoundStorage = LocalStorage(settings.sounds_dir)
         self.sounds = SoundService(db, settings, self.storage)
         self.scanner = Scanner(db, self.sounds)
+        self.normalize_worker = NormalizeWorker(db, self.sounds)  # started by the bot
         self.guilds = GuildService(db, settings)
         self.playback = PlaybackService(self.credits, self.sounds, self.guilds)
         self.playlists = PlaylistService(db, self.sounds)
         self.extractions = ExtractionService.wire(self)
+        self.remote_play = RemotePlayService(self.events)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        db = Database.from_url(settings.database_url, echo=settings.database_echo)
+        db = Database.from_url(
+            settings.database_url,
+            echo=settings.database_echo,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         # On PostgreSQL events reach every process (LISTEN/NOTIFY); SQLite stays in-process.
         events = None if settings.is_sqlite else PostgresEventBus.from_url(settings.database_url)
         return cls(settings, db, events)
@@ -66,6 +75,7 @@ class Services:
             self._checkpoints = asyncio.get_running_loop().create_task(self.db.run_checkpoints())
 
     async def close(self) -> None:
+        await self.normalize_worker.stop()  # no-op unless started; hands unfinished work back
         if self._checkpoints is not None:
             self._checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):
