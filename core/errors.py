@@ -23,6 +23,12 @@ class InvalidInput(SoundboardError):
     code = "invalid"
 
 
+class TooManyJobs(InvalidInput):
+    """A member already has as many queued jobs as allowed."""
+
+    code = "too_many_extractions"
+
+
 class PermissionDenied(SoundboardError):
     code = "forbidden"
 

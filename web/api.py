@@ -42,6 +42,7 @@ STATUS_BY_CODE = {
     "conflict": 409,
     "forbidden": 403,
     "insufficient_credits": 402,
+    "too_many_extractions": 409,
 }
 
 ApiHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -15,12 +15,10 @@ from aiohttp import web
 
 from core.errors import InvalidInput, NotFound, PermissionDenied
 from core.events import PlayAnswered
-from core.models import Extraction, Role, SoundType, User
-from core.repositories import extractions as extractions_repo
+from core.models import Extraction, Role, SoundType
 from core.repositories.base import MAX_PAGE_SIZE
 from core.services.normalizer import NormalizeOutcome
 from core.services.sounds import MAX_NAME_LENGTH, SoundView, clean_tags
-from core.services.url_safety import UnsafeURL
 from web.api import ApiError, ApiRoutes, api_admin, api_user, json_ok
 from web.keys import SERVICES
 from web.ledger_view import parse_limit
@@ -616,29 +614,20 @@ async def create_extraction(request: web.Request) -> web.Response:
     if name is not None and not isinstance(name, str):
         raise InvalidInput("'name' must be text.")
     services = request.config_dict[SERVICES]
-    try:
-        submitted = await services.extractions.submit(
-            url, guild_id=guild_id, user_id=user.id or 0, name=name
+    if user.role != Role.ADMIN and not await services.sounds.has_used_guild(
+        user_id=user.id or 0, guild_id=guild_id
+    ):
+        raise PermissionDenied(
+            "You can only add sounds to a server where you have used the bot "
+            "(play a sound there first, or use /extract in Discord)."
         )
-    except UnsafeURL:
-        raise
-    except InvalidInput as exc:
-        await _raise_if_over_quota(request, user, exc)
-        raise
+    submitted = await services.extractions.submit(
+        url, guild_id=guild_id, user_id=user.id or 0, name=name
+    )
     return json_ok(
         {**extraction_dict(submitted.job), "reused": submitted.reused},
         status=202,
     )
-
-
-async def _raise_if_over_quota(request: web.Request, user: User, exc: InvalidInput) -> None:
-    """The service refuses a job over the per-member queue limit with InvalidInput, like a bad
-    name; tell the two apart by the queue itself."""
-    services = request.config_dict[SERVICES]
-    async with services.db.session() as session:
-        active = await extractions_repo.count_active_for_user(session, user_id=user.id or 0)
-    if active >= services.settings.extraction_max_queued_per_user:
-        raise ApiError(409, "too_many_extractions", str(exc), active=active) from exc
 
 
 @routes.get(

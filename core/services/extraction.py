@@ -36,7 +36,7 @@ from sqlmodel import col
 from core import audio
 from core.config import ConfigError, Settings
 from core.db import Database
-from core.errors import Conflict, InvalidInput, NotFound, SoundboardError
+from core.errors import Conflict, NotFound, SoundboardError, TooManyJobs
 from core.events import EventBus, ExtractionUpdated
 from core.ffmpeg import base_args, run_ffmpeg
 from core.metrics import Metrics
@@ -276,7 +276,7 @@ class ExtractionService:
     def _check_quota(self, active: int) -> None:
         cap = self.settings.extraction_max_queued_per_user
         if active >= cap:
-            raise InvalidInput(
+            raise TooManyJobs(
                 f"You already have {active} extractions waiting (the limit is {cap}); "
                 "try again when one has finished."
             )

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from core.events import Event, PlayAnswered, PlayClaimed, PlayRequested
-from core.models import Sound, User
+from core.models import Sound, SoundPlayed, User
 from tests.core import audiogen
 from tests.core.helpers import make_user
 from tests.web.conftest import Web
@@ -32,6 +32,12 @@ async def _admin_headers(web: Web) -> dict[str, str]:
     admin = await make_user(web.services, name="admin")
     await web.make_admin(admin)
     return await _token(web, admin, "admin")
+
+
+async def _used_guild(web: Web, user: User, guild_id: int = GUILD) -> None:
+    """Give the user a play in the guild: the web's proof that they belong to that server."""
+    async with web.services.db.transaction() as session:
+        session.add(SoundPlayed(user_id=user.id, sound_name="earlier", guild_id=guild_id))
 
 
 async def _error(response: Any, status: int, code: str) -> dict[str, Any]:
@@ -213,6 +219,15 @@ async def test_extractions_submit_list_and_get(web: Web) -> None:
     assert cost > 0
     user = await make_user(web.services, credits=100, name="extractor")
     headers = await _token(web, user)
+    # Not a member of the server (never used the bot there): refused, nothing charged.
+    response = await web.client.post(
+        "/api/v1/extractions",
+        json={"url": "https://media.example.org/watch?v=abc", "guild": str(GUILD)},
+        headers=headers,
+    )
+    body = await _error(response, 403, "forbidden")
+    assert "where you have used the bot" in body["message"]
+    await _used_guild(web, user)
 
     # An unsafe address is refused before anything is charged or queued.
     for url in ("http://127.0.0.1/secret.mp3", "http://localhost:8080/x", "file:///etc/passwd"):
@@ -281,6 +296,7 @@ async def test_extraction_refusals(web: Web) -> None:
     cost = web.services.settings.credits_extraction_cost
     user = await make_user(web.services, credits=cost * (cap + 2))
     headers = await _token(web, user)
+    await _used_guild(web, user)
     for n in range(cap):
         response = await web.client.post(
             "/api/v1/extractions",
@@ -295,10 +311,11 @@ async def test_extraction_refusals(web: Web) -> None:
         headers=headers,
     )
     body = await _error(response, 409, "too_many_extractions")
-    assert body["active"] == cap
+    assert f"already have {cap} extractions waiting" in body["message"]
     assert (await web.services.users.get(user.id or 0)).credits == balance
 
     poor = await make_user(web.services, credits=cost - 1, name="poor")
+    await _used_guild(web, poor)
     response = await web.client.post(
         "/api/v1/extractions",
         json={"url": "https://media.example.org/v/x", "guild": str(GUILD)},
