@@ -79,6 +79,8 @@ class SoundBotMixin:
         self.pacer.start()
         self.spawn(self._log_pacer_stats())
         await self.services.extractions.start_processor()
+        if self.settings.normalize_worker_in_bot:
+            await self.services.normalize_worker.start()
         await self.sync_commands()
 
     async def _log_pacer_stats(self) -> None:
@@ -119,6 +121,7 @@ class SoundBotMixin:
 
     async def close(self) -> None:
         await self.services.extractions.stop_processor()
+        await self.services.normalize_worker.stop()
         await self.players.close()
         self.pacer.close()
         await super().close()  # type: ignore[misc]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +10,7 @@ from core.config import Settings
 from core.errors import InvalidInput
 from core.models import SoundType
 from core.services.container import open_services
+from core.services.normalize_worker import NormalizeWorker
 from core.services.normalizer import NormalizeOutcome
 from soundboard_cli.output import err, out, out_json, table
 
@@ -56,8 +59,20 @@ def register(sub: Any) -> None:
     which.add_argument("--all", action="store_true", help="every sound")
     which.add_argument("--type", choices=[t.value for t in SoundType], help="one type of sound")
     which.add_argument("--id", type=int, help="one sound")
+    which.add_argument(
+        "--worker",
+        action="store_true",
+        help="run as a worker until stopped: normalize sounds waiting for it (any machine "
+        "sharing the database and SOUNDS_DIR)",
+    )
     norm.add_argument("--force", action="store_true", help="redo sounds already normalized")
     norm.add_argument("--one-pass", action="store_true", help="single dynamic pass (faster)")
+    norm.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="with --worker: sounds normalized at once (default: the number of CPUs)",
+    )
     norm.add_argument("--json", action="store_true", help="print the report as JSON")
     norm.set_defaults(handler=run_normalize)
 
@@ -147,6 +162,11 @@ async def run_scan(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_normalize(args: argparse.Namespace, settings: Settings) -> int:
+    if args.worker:
+        return await run_normalize_worker(args, settings)
+    if args.concurrency is not None:
+        raise InvalidInput("--concurrency goes with --worker.")
+
     def progress(done: int, total: int, outcome: NormalizeOutcome) -> None:
         if not args.json:
             state = "ok" if outcome.ok else f"FAILED: {outcome.error}"
@@ -184,3 +204,55 @@ async def run_normalize(args: argparse.Namespace, settings: Settings) -> int:
     if args.id is not None and failed:
         raise InvalidInput(failed[0].error or "normalization failed")
     return 1 if failed else 0
+
+
+def _outcome_line(outcome: NormalizeOutcome) -> str:
+    if outcome.sound is None:
+        state = f"not recorded: {outcome.error}"
+    elif outcome.ok:
+        state = "ok"
+    else:
+        state = f"FAILED: {outcome.error}"
+    return f"{outcome.name} (id {outcome.sound_id}): {state}"
+
+
+async def run_normalize_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Normalize waiting sounds until SIGTERM/SIGINT; one line (or JSON object) per sound."""
+    if args.force:
+        raise InvalidInput("--force does not go with --worker (a worker takes waiting sounds).")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise InvalidInput("--concurrency must be at least 1.")
+
+    def report(outcome: NormalizeOutcome) -> None:
+        if args.json:
+            out(
+                json.dumps(
+                    {
+                        "id": outcome.sound_id,
+                        "name": outcome.name,
+                        "ok": outcome.ok,
+                        "stored": outcome.sound is not None,
+                        "error": outcome.error,
+                    }
+                )
+            )
+        else:
+            out(_outcome_line(outcome))
+        sys.stdout.flush()
+
+    async with open_services(settings) as services:
+        worker = NormalizeWorker(
+            services.db,
+            services.sounds,
+            concurrency=args.concurrency,
+            one_pass=args.one_pass,
+            on_outcome=report,
+        )
+        await worker.start()
+        if not args.json:
+            err(f"Normalize worker {worker.owner} running ({worker.concurrency} at once).")
+        try:
+            await worker.wait()
+        finally:
+            await worker.stop()
+    return 0

@@ -6,7 +6,11 @@ from enum import StrEnum
 from sqlalchemy import BigInteger, Column, ForeignKey, Index, text
 from sqlmodel import Field, SQLModel
 
-from core.models.common import created_field, enum_column
+from core.models.common import created_field, enum_column, time_field
+
+# Sounds waiting for a normalization worker (core.services.normalize_worker). The claim query
+# repeats this predicate word for word so both databases use the partial index for it.
+NEEDS_NORMALIZING_SQL = "is_normalized = false AND normalize_error IS NULL"
 
 
 class SoundType(StrEnum):
@@ -54,6 +58,12 @@ class Sound(SQLModel, table=True):
             postgresql_where=text("guild_id IS NULL"),
         ),
         Index("ix_sound_original_path", "sound_type", "original_filename"),
+        Index(
+            "ix_sound_needs_normalizing",
+            "id",
+            sqlite_where=text(NEEDS_NORMALIZING_SQL),
+            postgresql_where=text(NEEDS_NORMALIZING_SQL),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -75,6 +85,10 @@ class Sound(SQLModel, table=True):
     is_normalized: bool = False
     is_silent: bool = False
     normalize_error: str | None = Field(default=None, max_length=500)
+    # A normalization worker's claim: who holds the sound and until when (renewed while it
+    # works). An expired lease means the worker died: another worker takes the sound.
+    normalize_lease_owner: str | None = Field(default=None, max_length=100)
+    normalize_lease_until: datetime | None = time_field()
     play_count: int = 0
     uploader_id: int | None = Field(
         default=None,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import logging
 import os
 import re
+import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,6 +38,13 @@ AUTOCOMPLETE_LIMIT = 25
 SOUND_CACHE_SECONDS = 5.0
 _AUTOCOMPLETE_TTL = 30.0
 _TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# While another worker holds a sound we were asked to normalize, look again this often.
+BUSY_POLL_SECONDS = 0.5
+
+
+def normalize_owner_id() -> str:
+    """A lease owner: host/pid/random, at most 100 characters (the column's size)."""
+    return f"{socket.gethostname()[:60]}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
 
 
 def human_size(size: int) -> str:
@@ -143,6 +153,7 @@ class SoundService:
         self.normalizer = Normalizer(settings)
         self._names: dict[int, tuple[float, list[tuple[int, str]]]] = {}
         self._recent_sounds: dict[int, tuple[float, Sound]] = {}
+        self._pending_listeners: list[Callable[[], None]] = []
 
     # ----- adding -------------------------------------------------------------------------
 
@@ -179,6 +190,9 @@ class SoundService:
             digest=digest,
         )
         stored = self.storage.original_path(sound_type, relname)
+        inline = normalize if normalize is not None else self._settings.normalize_on_add
+        # Normalizing here: the row is born leased to us, so no worker takes it meanwhile.
+        owner = normalize_owner_id() if inline else None
         try:
             sound = await self._insert(
                 guild_id=guild_id,
@@ -191,6 +205,7 @@ class SoundService:
                 mtime_ns=stored.stat().st_mtime_ns,
                 uploader_id=uploader_id,
                 tags=tag_list,
+                lease_owner=owner,
             )
         except IntegrityError:
             await self._discard_unreferenced(sound_type, relname)
@@ -210,10 +225,12 @@ class SoundService:
             info.duration_ms,
         )
         result = AddResult(sound, True, f"Added '{name}' ({info.duration_ms / 1000:.1f} s).")
-        if normalize if normalize is not None else self._settings.normalize_on_add:
-            outcome = await self.normalize(sound.id or 0)
+        if owner is not None:
+            outcome = (await self.normalize_claimed([sound], owner))[0]
             result.sound = outcome.sound or sound
             result.normalize_error = outcome.error
+        else:
+            self._announce_pending()
         return result
 
     async def inspect(self, path: Path) -> tuple[audio.AudioInfo, str, int]:
@@ -260,6 +277,7 @@ class SoundService:
         mtime_ns: int,
         uploader_id: int | None,
         tags: list[str],
+        lease_owner: str | None = None,
     ) -> Sound:
         async with self._db.transaction() as session:
             if guild_id is not None:
@@ -279,6 +297,15 @@ class SoundService:
             await session.flush()
             if tags:
                 await repo.set_tags(session, sound_id=sound.id or 0, tags=tags)
+            if lease_owner is not None:
+                leased = await repo.claim_by_ids(
+                    session,
+                    ids=[sound.id or 0],
+                    owner=lease_owner,
+                    lease_seconds=self._settings.normalize_lease_seconds,
+                    unnormalized_only=True,
+                )
+                sound = leased[0] if leased else sound
         return sound
 
     async def _discard_unreferenced(self, sound_type: SoundType, relname: str) -> None:
@@ -480,6 +507,10 @@ class SoundService:
                 session, sound=sound, user_id=user_id, guild_id=guild_id, channel_id=channel_id
             )
 
+    async def has_used_guild(self, *, user_id: int, guild_id: int) -> bool:
+        async with self._db.session() as session:
+            return await repo.has_used_guild(session, user_id=user_id, guild_id=guild_id)
+
     async def stats(self, guild_id: int, *, days: int = 7) -> Stats:
         since = utcnow() - timedelta(days=days)
         async with self._db.session() as session:
@@ -528,35 +559,212 @@ class SoundService:
         one_pass: bool = False,
         progress: Callable[[int, int, NormalizeOutcome], None] | None = None,
     ) -> list[NormalizeOutcome]:
-        outcomes = await self.normalizer.run(
-            [
-                (
-                    s,
-                    self.storage.original_path(s.sound_type, s.original_filename),
-                    self.storage.normalized_path(
-                        s.sound_type,
-                        self.storage.normalized_name_for(
-                            s.original_filename, self.normalizer.extension
-                        ),
-                    ),
+        """Normalize these sounds here and now (the CLI, /admin, the scanner), under leases so
+        no worker does the same sound at the same time. Sounds normalized when selected are
+        redone only with `force`; one normalized by someone else since is left alone. While
+        another worker holds a sound we wait for it and report what it ended with."""
+        owner = normalize_owner_id()
+        order: list[int] = []
+        for s in selected:
+            if s.id is not None and s.id not in order:
+                order.append(s.id)
+        redo = {s.id for s in selected if force and s.is_normalized}
+        names = {s.id: s.name for s in selected}
+        outcomes: dict[int, NormalizeOutcome] = {}
+        waited: set[int] = set()
+        todo = list(order)
+        while todo:
+            async with self._db.transaction() as session:
+                lease = self._settings.normalize_lease_seconds
+                claimed = await repo.claim_by_ids(
+                    session,
+                    ids=[i for i in todo if i in redo and i not in waited],
+                    owner=owner,
+                    lease_seconds=lease,
+                    unnormalized_only=False,
                 )
-                for s in selected
-            ],
-            force=force,
-            one_pass=one_pass,
-            progress=progress,
-        )
-        for outcome in outcomes:
-            await self._store_outcome(outcome)
+                claimed += await repo.claim_by_ids(
+                    session,
+                    ids=[i for i in todo if i not in redo and i not in waited],
+                    owner=owner,
+                    lease_seconds=lease,
+                    unnormalized_only=True,
+                )
+                # One we waited for: another worker finished (or failed) it; take its outcome.
+                claimed += await repo.claim_by_ids(
+                    session,
+                    ids=[i for i in todo if i in waited],
+                    owner=owner,
+                    lease_seconds=lease,
+                    unnormalized_only=True,
+                    needs_normalizing_only=True,
+                )
+                got = {s.id for s in claimed}
+                rest = [i for i in todo if i not in got]
+                busy = await repo.held_by_others(session, ids=rest, owner=owner)
+                settled = await repo.get_many(session, ids=[i for i in rest if i not in busy])
+            for sound in settled:
+                error = sound.normalize_error if sound.id in waited else None
+                outcomes[sound.id or 0] = NormalizeOutcome(
+                    sound.id or 0, sound.name, error=error, sound=sound
+                )
+            if claimed:
+                for outcome in await self.normalize_claimed(
+                    claimed, owner, one_pass=one_pass, progress=progress
+                ):
+                    outcomes[outcome.sound_id] = outcome
+            if busy:
+                log.info("normalize waiting for other workers sounds=%s", busy)
+                waited.update(busy)
+                await asyncio.sleep(BUSY_POLL_SECONDS)
+            todo = busy
+        for ident in order:
+            if ident not in outcomes:  # deleted before we got to it
+                outcomes[ident] = NormalizeOutcome(
+                    ident, names.get(ident, ""), error="the sound was deleted meanwhile"
+                )
+        return [outcomes[i] for i in order]
+
+    async def normalize_claimed(
+        self,
+        claimed: Sequence[Sound],
+        owner: str,
+        *,
+        one_pass: bool = False,
+        progress: Callable[[int, int, NormalizeOutcome], None] | None = None,
+    ) -> list[NormalizeOutcome]:
+        """Normalize sounds `owner` holds leases on: the leases are renewed while the work
+        runs, each outcome is stored as its sound finishes if the lease is still ours (then
+        the lease is cleared), and on cancellation the unfinished sounds are handed back."""
+        hashes = {s.id or 0: s.file_hash for s in claimed}
+        active = set(hashes)
+        stores: list[asyncio.Task[None]] = []
+
+        def on_item(done: int, total: int, outcome: NormalizeOutcome) -> None:
+            active.discard(outcome.sound_id)
+            task = asyncio.get_running_loop().create_task(
+                self._store_safely(outcome, owner=owner, file_hash=hashes[outcome.sound_id])
+            )
+            stores.append(task)
+            if progress is not None:
+                progress(done, total, outcome)
+
+        heartbeat = asyncio.get_running_loop().create_task(self._renew_leases(active, owner))
+        try:
+            outcomes = await self.normalizer.run(
+                [
+                    (
+                        s,
+                        self.storage.original_path(s.sound_type, s.original_filename),
+                        self.storage.normalized_path(
+                            s.sound_type,
+                            self.storage.normalized_name_for(
+                                s.original_filename, self.normalizer.extension
+                            ),
+                        ),
+                    )
+                    for s in claimed
+                ],
+                force=True,
+                one_pass=one_pass,
+                progress=on_item,
+            )
+        except BaseException:
+            await asyncio.shield(self._release_leases(sorted(active), owner))
+            raise
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            if stores:  # finished sounds are recorded even when we are being cancelled
+                await asyncio.shield(asyncio.gather(*stores))
         return outcomes
 
-    async def _store_outcome(self, outcome: NormalizeOutcome) -> None:
+    async def _renew_leases(self, active: set[int], owner: str) -> None:
+        lease = self._settings.normalize_lease_seconds
+        while True:
+            await asyncio.sleep(max(0.05, lease / 3))
+            ids = sorted(active)
+            if not ids:
+                continue
+            try:
+                async with self._db.transaction() as session:
+                    held = await repo.renew_normalize_leases(
+                        session, ids=ids, owner=owner, lease_seconds=lease
+                    )
+            except Exception:
+                log.warning("normalize lease renewal failed owner=%s", owner, exc_info=True)
+                continue
+            if held < len(ids):
+                log.warning("normalize leases lost owner=%s sounds=%s held=%s", owner, ids, held)
+
+    async def _release_leases(self, ids: list[int], owner: str) -> None:
+        if not ids:
+            return
+        try:
+            async with self._db.transaction() as session:
+                released = await repo.release_normalize_leases(session, ids=ids, owner=owner)
+            log.info("normalize leases released owner=%s sounds=%s count=%s", owner, ids, released)
+        except Exception:
+            log.warning("normalize leases not released owner=%s", owner, exc_info=True)
+        self._announce_pending()
+
+    def add_pending_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """`callback()` runs when this process leaves a sound for the normalization workers
+        (added without normalizing, or handed back unfinished). Returns the unsubscriber."""
+        self._pending_listeners.append(callback)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._pending_listeners.remove(callback)
+
+        return remove
+
+    def _announce_pending(self) -> None:
+        for callback in list(self._pending_listeners):
+            try:
+                callback()
+            except Exception:
+                log.exception("normalize listener failed")
+
+    async def _store_safely(self, outcome: NormalizeOutcome, *, owner: str, file_hash: str) -> None:
+        try:
+            await self._store_outcome(outcome, owner=owner, file_hash=file_hash)
+        except Exception:
+            # The lease stays ours until it expires; then the sound is claimed and done again.
+            log.exception("normalize outcome not stored sound=%s owner=%s", outcome.sound_id, owner)
+            outcome.result = None
+            outcome.error = "the result could not be recorded; it will be retried"
+
+    async def _store_outcome(
+        self, outcome: NormalizeOutcome, *, owner: str, file_hash: str
+    ) -> None:
+        """Write the outcome if our lease still holds and the file is the one we normalized."""
         async with self._db.transaction() as session:
+            ours = await repo.finish_normalize_lease(
+                session, sound_id=outcome.sound_id, owner=owner, file_hash=file_hash
+            )
             sound = await repo.get(session, sound_id=outcome.sound_id)
             if sound is None:  # deleted while we worked: drop the orphan file
                 if outcome.output_path is not None:
                     self.storage.remove(outcome.output_path)
                 outcome.error = outcome.error or "the sound was deleted meanwhile"
+                return
+            if not ours:
+                if sound.normalize_lease_owner == owner:  # the file changed while we worked
+                    await repo.finish_normalize_lease(
+                        session, sound_id=outcome.sound_id, owner=owner
+                    )
+                    outcome.error = "the file changed meanwhile; it will be normalized again"
+                else:
+                    outcome.error = "another worker took this sound over"
+                log.warning(
+                    "normalize outcome dropped sound=%s owner=%s reason=%s",
+                    outcome.sound_id,
+                    owner,
+                    outcome.error,
+                )
+                outcome.result = None
                 return
             if outcome.error is not None:
                 sound.normalize_error = outcome.error[:500]

@@ -108,6 +108,8 @@ def _embed_text(message: dict[str, Any]) -> str:
 
 @contextlib.asynccontextmanager
 async def bot_env(tmp: Path, database_url: str, **setting_overrides: Any) -> AsyncIterator[BotEnv]:
+    # Tests add sounds unnormalized on purpose: no background worker may normalize them.
+    setting_overrides.setdefault("normalize_worker_in_bot", False)
     async with FakeDiscord() as fake:
         guild = await fake.add_guild(name="Soundboard Test")
         alice = await fake.add_member(guild.id, name="alice")
