@@ -72,7 +72,7 @@ async def list_page(
 ) -> Page[Sound]:
     stmt = select(Sound).where(_scope(guild_id, include_global=include_global))
     if search:
-        stmt = stmt.where(func.lower(col(Sound.name)).contains(search.lower()))
+        stmt = stmt.where(func.lower(col(Sound.name)).contains(search.lower(), autoescape=True))
     if tag:
         stmt = stmt.where(_tagged(tag))
     return await keyset_page(

@@ -243,6 +243,7 @@ class Scanner:
             if audio_changed:
                 sound.file_hash, sound.duration_ms = digest, duration_ms
                 sound.is_normalized = False
+                sound.normalize_error = None  # new audio: an old failure says nothing of it
             session.add(sound)
             try:
                 await session.flush()

@@ -100,3 +100,32 @@ async def test_empty_originals_never_wipe_the_library(services: Services) -> Non
     report = await services.scanner.scan(normalize=False)
     assert report.deleted == [] and "is the sound folder mounted" in report.skipped[0][1]
     assert [s.name for s in await services.sounds.list_all()] == ["keep"]
+
+
+async def test_search_treats_wildcards_as_text(services: Services) -> None:
+    names = {300: "100% loud", 350: "1000 loud", 400: "snake_case", 450: "snakeXcase"}
+    for freq in names:
+        tone(services.storage.originals / "soundboard" / f"{freq}.wav", freq)
+    await services.scanner.scan(normalize=False)
+    for sound in await services.sounds.list_all():
+        await services.sounds.rename(sound.id or 0, names[int(sound.name)])
+    found = await services.sounds.list_page(guild_id=None, search="0%")
+    assert [s.name for s in found.items] == ["100% loud"]
+    found = await services.sounds.list_page(guild_id=None, search="e_c")
+    assert [s.name for s in found.items] == ["snake_case"]
+
+
+async def test_replaced_file_after_a_failure_is_normalized_again(services: Services) -> None:
+    path = services.storage.originals / "soundboard" / "fixme.wav"
+    tone(path, 440)
+    await services.scanner.scan(normalize=False)
+    sound = await services.sounds.find(0, "fixme")
+    async with services.db.transaction() as session:
+        row = await session.get(type(sound), sound.id)
+        assert row is not None
+        row.normalize_error = "earlier failure"
+    tone(path, 660, seconds=0.7)
+    report = await services.scanner.scan(normalize=False)
+    assert report.updated == ["soundboard/fixme.wav"]
+    fresh = await services.sounds.get(sound.id or 0)
+    assert fresh.normalize_error is None and not fresh.is_normalized
