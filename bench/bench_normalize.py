@@ -4,8 +4,10 @@ Generates a batch of files of varied content and loudness, normalizes the whole 
 tools to the same EBU R128 targets (I=-23 LUFS, TP=-2 dBTP, LRA=7 LU, 48 kHz stereo Ogg Opus at
 128 kb/s), meters every output with ffmpeg's ebur128 filter and prints markdown tables.
 
-CPU time is this process's own CPU time plus that of all waited-for child processes
-(``RUSAGE_CHILDREN`` includes grandchildren, i.e. the ffmpeg processes ffmpeg-normalize runs).
+CPU time is this process's own CPU time (normalize_batch's worker threads included) plus that
+of all waited-for child processes (``RUSAGE_CHILDREN`` includes grandchildren, i.e. the ffmpeg
+processes ffmpeg-normalize runs). The machine this runs on is usually shared and noisy: run it
+a few times before drawing conclusions.
 
     uv run python bench/bench_normalize.py --files 50 --seconds 10
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import resource
 import shutil
@@ -25,10 +28,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import core.normalize  # noqa: E402
 from core.ffmpeg import ffmpeg_binary  # noqa: E402
 from core.normalize import (  # noqa: E402
     LoudnessTarget,
@@ -38,6 +43,7 @@ from core.normalize import (  # noqa: E402
 )
 from tests.core import audiogen  # noqa: E402
 
+T = TypeVar("T")
 TARGET = LoudnessTarget(integrated=-23.0, true_peak=-2.0, lra=7.0)
 KINDS = ("speech", "music", "quiet-speech", "loud-music", "speech-stereo", "music-96k", "peaky")
 
@@ -54,7 +60,7 @@ def _cpu_now() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def timed(fn: Callable[[], object]) -> tuple[Cost, object]:
+def timed(fn: Callable[[], T]) -> tuple[Cost, T]:
     cpu0, wall0 = _cpu_now(), time.perf_counter()
     value = fn()
     return Cost(time.perf_counter() - wall0, _cpu_now() - cpu0), value
@@ -217,26 +223,50 @@ def main() -> None:
     total_audio = args.files * args.seconds
 
     runs: list[tuple[str, Cost, Accuracy, str]] = []
-    variants = [("`normalize_batch`", concurrency, NormalizeOptions(target=TARGET))]
+    default = NormalizeOptions(target=TARGET)
+    # (label, concurrency, options, core.normalize attributes to override for the run)
+    variants: list[tuple[str, int, NormalizeOptions, dict[str, object]]] = [
+        ("`normalize_batch`", concurrency, default, {})
+    ]
     if not args.quick:
         variants += [
             (
                 "`normalize_batch`, true peak always measured",
                 concurrency,
                 NormalizeOptions(target=TARGET, screen_true_peak=False),
+                {},
             ),
-            ("`normalize_batch`, concurrency 1", 1, NormalizeOptions(target=TARGET)),
+            ("`normalize_batch`, concurrency 1", 1, default, {}),
+            # What two of the choices buy (ablations, not supported settings):
+            (
+                "`normalize_batch`, Opus complexity 10 (ffmpeg's default)",
+                concurrency,
+                default,
+                {"OPUS_COMPRESSION_LEVEL": 10},
+            ),
+            (
+                "`normalize_batch`, workers not pinned to CPUs",
+                concurrency,
+                default,
+                {"_worker_cpus": lambda workers: [None] * workers},
+            ),
         ]
-    for label, workers, options in variants:
+    for label, workers, options, overrides in variants:
         print(f"{label} ...", file=sys.stderr)
-        cost, (outputs, methods) = timed(
-            lambda w=workers, o=options: run_ours(files, ours_out, w, o)  # type: ignore[misc]
-        )
+        saved = {name: getattr(core.normalize, name) for name in overrides}
+        for name, value in overrides.items():
+            setattr(core.normalize, name, value)
+        try:
+            cost, (outputs, methods) = timed(
+                functools.partial(run_ours, files, ours_out, workers, options)
+            )
+        finally:
+            for name, value in saved.items():
+                setattr(core.normalize, name, value)
         note = ", ".join(f"{n} {m}" for m, n in sorted(methods.items()))
         runs.append((label, cost, accuracy(outputs), note))
     print("ffmpeg-normalize ...", file=sys.stderr)
     theirs_cost, theirs_files = timed(lambda: run_ffmpeg_normalize(files, theirs_out))
-    assert isinstance(theirs_files, list)
     runs.append(
         ("`ffmpeg-normalize` (two-pass, sequential)", theirs_cost, accuracy(theirs_files), "")
     )
@@ -272,8 +302,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     reference: list[float] = []
     for method in ("ebur128", "loudnorm"):
-        cost, levels = timed(lambda m=method: measure_all(files, m, concurrency))  # type: ignore[misc]
-        assert isinstance(levels, list)
+        cost, levels = timed(functools.partial(measure_all, files, method, concurrency))
         if not reference:
             reference = levels
         diffs = [abs(a - b) for a, b in zip(levels, reference, strict=True)]

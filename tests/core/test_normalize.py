@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import threading
 from pathlib import Path
 
 import pytest
 from mutagen.mp3 import MP3
 from mutagen.oggopus import OggOpus
 
-from core.audio import InvalidAudioError, get_audio_duration, get_file_hash, probe_audio
-from core.ffmpeg import FFmpegError
+from core.audio import (
+    InvalidAudioError,
+    get_audio_duration,
+    get_file_hash,
+    interpret_decode,
+    probe_audio,
+)
+from core.ffmpeg import FFmpegError, FFmpegResult, FFmpegTimeoutError
 from core.normalize import (
     LIMIT_TOLERANCE_LU,
     BatchItem,
@@ -426,3 +434,308 @@ async def test_batch_concurrency_is_bounded(
 
 async def test_empty_batch() -> None:
     assert await normalize_batch([]) == []
+
+
+# --- the decoded copy, batch workers, pass 1 alongside an encode ------------------------------
+
+
+def _hidden_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*"))
+
+
+def _copy_owner(pcm: Path) -> str:
+    """The case name a decoded copy was made for (".<case>.ogg.<token>.pcm")."""
+    return pcm.name[1:].split(".", 1)[0]
+
+
+def _same_result(batch: NormalizeResult, alone: NormalizeResult) -> None:
+    assert (batch.sha256, batch.size, batch.duration_ms, batch.method, batch.gain_db) == (
+        alone.sha256,
+        alone.size,
+        alone.duration_ms,
+        alone.method,
+        alone.gain_db,
+    )
+    assert batch.measurement == alone.measurement
+    assert batch.input == alone.input
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_batch_gives_exactly_what_normalize_file_gives(
+    corpus: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    concurrency: int,
+) -> None:
+    # A batch worker runs the pass 1 of its next file in the same ffmpeg process as the encode
+    # of the current one. Corrupt, truncated and bogus next files must neither disturb the
+    # encode they ride along with nor get a result or error other than their own.
+    import core.normalize as module
+
+    names = [
+        "speech",
+        "corrupt_middle",
+        "loud_music",
+        "truncated",
+        "quiet",
+        "text",
+        "m4a",
+        "png",
+        "silence",
+        "stereo_96k",
+        "blip",
+        "vorbis",
+    ]
+    read = module._read_alongside
+    alongside: list[tuple[str, bool]] = []
+
+    def spy(stderr: str, pcm: Path, options: NormalizeOptions) -> object:
+        prepared = read(stderr, pcm, options)
+        alongside.append((_copy_owner(pcm), prepared is not None))
+        return prepared
+
+    monkeypatch.setattr(module, "_read_alongside", spy)
+    items = await normalize_batch(
+        [(corpus[n], tmp_path / "batch" / f"{n}.ogg") for n in names], concurrency=concurrency
+    )
+    monkeypatch.setattr(module, "_read_alongside", read)
+    for name, item in zip(names, items, strict=True):
+        try:
+            alone = await normalize_file(corpus[name], tmp_path / "alone" / f"{name}.ogg")
+        except InvalidAudioError as exc:
+            assert item.error == exc.reason, name
+            continue
+        assert item.result is not None, (name, item.error)
+        _same_result(item.result, alone)
+    assert _hidden_files(tmp_path) == []
+    accepted = {name for name, ok in alongside if ok}
+    assert accepted, "no pass 1 ran alongside an encode"
+    assert not accepted & {"corrupt_middle", "truncated"}
+    if concurrency == 1:  # one worker, in order: the next file rides along each plain encode
+        assert ("corrupt_middle", False) in alongside  # after speech: rejected, measured alone
+        assert ("truncated", False) in alongside  # after loud_music
+        assert ("stereo_96k", True) in alongside  # after silence: used
+        # "text" went alongside quiet's encode but could not even be opened, which failed that
+        # run: the encode ran again alone. "png" fails the cheap checks, so it never goes.
+        assert not {"text", "png"} & {name for name, _ in alongside}
+
+
+@pytest.mark.parametrize("failure", ["exit code", "timeout"])
+async def test_failed_run_with_a_file_alongside_encodes_again_alone(
+    corpus: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: str,
+) -> None:
+    import core.normalize as module
+
+    real = module.run_ffmpeg
+    failed = 0
+
+    async def flaky(args: list[str], *, timeout: float | None) -> FFmpegResult:
+        nonlocal failed
+        if "[p1]" in args:  # an encode with the next file's pass 1 alongside
+            failed += 1
+            if failure == "timeout":
+                raise FFmpegTimeoutError("simulated timeout")
+            return FFmpegResult(1, "[error] simulated failure")
+        return await real(args, timeout=timeout)
+
+    monkeypatch.setattr(module, "run_ffmpeg", flaky)
+    names = ["speech", "loud_music", "quiet"]
+    items = await normalize_batch(
+        [(corpus[n], tmp_path / "batch" / f"{n}.ogg") for n in names], concurrency=1
+    )
+    assert failed == 2
+    for name, item in zip(names, items, strict=True):
+        assert item.result is not None, item.error
+        alone = await normalize_file(corpus[name], tmp_path / "alone" / f"{name}.ogg")
+        _same_result(item.result, alone)
+    assert _hidden_files(tmp_path) == []
+
+
+def test_input_log_keeps_one_input_and_refuses_unattributed_errors() -> None:
+    from core.normalize import _input_log
+
+    log = "\n".join(
+        [
+            "[in#0 @ 0x1] [verbose] Skipping 0 bytes of junk at 670.",
+            "[info] Input #0, f32le, from 'file:/x/.a.pcm':",
+            "[info]   Duration: 00:00:10.00, bitrate: 3072 kb/s",
+            "[info]   Stream #0:0: Audio: pcm_f32le, 48000 Hz, stereo, flt, 3072 kb/s",
+            "[in#1/aac @ 0x2] [warning] Estimating duration from bitrate, this may be inaccurate",
+            "[info] Input #1, aac, from 'file:/x/b.aac':",
+            "[info]   Duration: 00:00:03.76, bitrate: 65 kb/s",
+            "[info]   Stream #1:0: Audio: aac (LC), 44100 Hz, mono, fltp, 65 kb/s",
+            "[out#0/ogg @ 0x6] [verbose] Adding streams from explicit maps...",
+            "[info] Stream mapping:",
+            "[info]   Stream #1:0 (aac) -> aformat:default",
+            "[aist#1:0/aac @ 0x3] [dec:aac @ 0x4] [verbose] Decoder thread received EOF packet",
+            "[in#0/f32le @ 0x5] [verbose]   Input stream #0:0 (audio): 118 packets read "
+            "(3840000 bytes); 118 frames decoded; 0 decode errors (480000 samples); ",
+            "[in#1/aac @ 0x2] [verbose]   Input stream #1:0 (audio): 88 packets read "
+            "(17626 bytes); 87 frames decoded; 0 decode errors (165888 samples); ",
+        ]
+    )
+    view = _input_log(log, 1)
+    assert view is not None
+    assert "Input #0, aac, from 'file:/x/b.aac'" in view
+    assert "Stream #0:0: Audio: aac" in view
+    assert "Input stream #0:0 (audio): 88 packets" in view
+    assert "Estimating duration" in view
+    assert "f32le" not in view and "Stream mapping" not in view
+    info = interpret_decode(FFmpegResult(0, view))
+    assert (info.codec, info.container, info.sample_rate, info.channels) == ("aac", "aac", 44100, 1)
+    assert info.duration_ms == 3762
+
+    # An error line that names no input could be input #1's: refuse to vouch for it.
+    assert _input_log(log + "\n[mp3float @ 0x9] [error] Header missing", 1) is None
+    assert _input_log(log + "\n[... 12 lines of ffmpeg output dropped ...]", 1) is None
+    # Input #1's own errors are kept (and reject it); those of the encode are not its business.
+    own = _input_log(log + "\n[aist#1:0/aac @ 0x3] [dec:aac @ 0x4] [error] Invalid data", 1)
+    assert own is not None and "[error] Invalid data" in own
+    with pytest.raises(InvalidAudioError, match="corrupt"):
+        interpret_decode(FFmpegResult(0, own))
+    other = _input_log(log + "\n[aost#0:0/libopus @ 0x7] [error] not ours", 1)
+    assert other is not None and "not ours" not in other
+
+
+async def test_long_input_is_decoded_again_for_pass_2(
+    corpus: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    normalized: dict[str, NormalizeResult],
+) -> None:
+    # Decoded copies are capped (PCM_MAX_SECONDS); longer inputs are measured in full all the
+    # same, and pass 2 decodes them again.
+    import core.normalize as module
+
+    copies: list[Path | None] = []
+    real = module._two_pass
+
+    async def spy(src: Path, tmp: Path, prepared: object, *args: object) -> object:
+        copies.append(prepared.pcm)  # type: ignore[attr-defined]
+        return await real(src, tmp, prepared, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "_two_pass", spy)
+    monkeypatch.setattr(module, "PCM_MAX_SECONDS", 2.0)
+    result = await normalize_file(corpus["speech"], tmp_path / "speech.ogg")  # 4 s
+    assert copies == [None]
+    assert result.measurement == normalized["speech"].measurement
+    assert_on_target(result.dst)
+    assert_valid_discord_opus(result.dst, 4000)
+    short = await normalize_file(corpus["short_1s"], tmp_path / "short.ogg")
+    assert copies[1] is not None and not copies[1].exists()  # used, then removed
+    assert_on_target(short.dst)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short.ogg", "speech.ogg"]
+
+
+async def test_failure_to_write_the_decoded_copy_is_not_blamed_on_the_input(
+    corpus: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.normalize as module
+
+    monkeypatch.setattr(module, "_pcm_path", lambda dst: tmp_path / "no-such-folder" / "x.pcm")
+    with pytest.raises(FFmpegError, match="could not write the decoded audio"):
+        await normalize_file(corpus["speech"], tmp_path / "out" / "speech.ogg")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_worker_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.normalize as module
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3}, raising=False)
+    assert module._worker_cpus(1) == [None]  # fewer workers than CPUs: let ffmpeg spread
+    assert module._worker_cpus(2) == [2, 3]
+    assert module._worker_cpus(3) == [2, 3, 2]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert module._worker_cpus(2) == [None, None]
+
+    def unsupported(pid: int) -> set[int]:
+        raise OSError("not here")
+
+    monkeypatch.setattr(os, "sched_getaffinity", unsupported, raising=False)
+    assert module._worker_cpus(2) == [None, None]
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs CPU affinity and 2 CPUs",
+)
+@pytest.mark.parametrize("pinned", [True, False])
+async def test_batch_workers_pin_the_ffmpeg_processes_they_start(
+    corpus: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pinned: bool
+) -> None:
+    import core.normalize as module
+
+    cpus = os.sched_getaffinity(0)
+    masks: list[frozenset[int]] = []
+    real = module.run_ffmpeg
+
+    async def spy(args: list[str], *, timeout: float | None) -> FFmpegResult:
+        masks.append(frozenset(os.sched_getaffinity(0)))  # what the child inherits
+        return await real(args, timeout=timeout)
+
+    monkeypatch.setattr(module, "run_ffmpeg", spy)
+    workers = len(cpus) if pinned else len(cpus) - 1
+    items = await normalize_batch(
+        [(corpus["short_1s"], tmp_path / f"{i}.ogg") for i in range(2 * workers)],
+        concurrency=workers,
+    )
+    assert all(item.ok for item in items)
+    assert os.sched_getaffinity(0) == cpus  # the caller's thread is left alone
+    if pinned:
+        assert {len(mask) for mask in masks} == {1}
+        assert frozenset().union(*masks) == cpus
+    else:
+        assert set(masks) == {frozenset(cpus)}
+
+
+async def test_batch_progress_is_reported_on_the_callers_loop(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    loop, thread = asyncio.get_running_loop(), threading.get_ident()
+    calls: list[tuple[bool, bool]] = []
+
+    def progress(done: int, total: int, item: BatchItem) -> None:
+        calls.append((asyncio.get_running_loop() is loop, threading.get_ident() == thread))
+
+    await normalize_batch(
+        [(corpus["short_1s"], tmp_path / f"{i}.ogg") for i in range(3)],
+        concurrency=2,
+        progress=progress,
+    )
+    assert calls == [(True, True)] * 3
+
+
+def _child_processes() -> list[int]:
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == me:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+async def test_batch_cancellation_leaves_nothing(tmp_path: Path) -> None:
+    ten = audiogen.speech(tmp_path / "ten.wav", seconds=10.0, channels=2)
+    src = audiogen.repeat(ten, tmp_path / "long.wav", times=6)
+    out = tmp_path / "out"
+    before = set(_child_processes())
+    task = asyncio.create_task(
+        normalize_batch([(src, out / f"{i}.ogg") for i in range(6)], concurrency=2)
+    )
+    for _ in range(300):  # wait until the workers have files in the making
+        await asyncio.sleep(0.02)
+        if out.exists() and len(list(out.iterdir())) >= 2:
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert list(out.iterdir()) == []
+    assert set(_child_processes()) <= before  # every ffmpeg was killed and reaped
