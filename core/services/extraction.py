@@ -398,7 +398,7 @@ class ExtractionService:
         if not root.exists():
             return
         for path in root.glob(f"{WORKDIR_PREFIX}*"):
-            ident = path.name[len(WORKDIR_PREFIX) :]
+            ident = path.name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
             if ident.isdigit() and int(ident) in keep:
                 continue
             shutil.rmtree(path, ignore_errors=True)
@@ -407,14 +407,23 @@ class ExtractionService:
     # ----- running a job ------------------------------------------------------------------
 
     def _workdir(self, job_id: int) -> Path:
-        return self.settings.temp_dir / f"{WORKDIR_PREFIX}{job_id}"
+        """A folder of this run's own (extract-JOB-RUN): a worker that lost its lease and cleans
+        up after itself must not remove the files of the worker that took the job over."""
+        return self.settings.temp_dir / f"{WORKDIR_PREFIX}{job_id}-{uuid.uuid4().hex[:8]}"
+
+    def _clean_job_workdirs(self, job_id: int) -> None:
+        """Remove the folders of the job's earlier runs (a dead worker's, or a stalled one's:
+        its run is lost anyway, since every write it makes checks the lease)."""
+        for path in self.settings.temp_dir.glob(f"{WORKDIR_PREFIX}{job_id}-*"):
+            shutil.rmtree(path, ignore_errors=True)
 
     async def process(self, job: Extraction, owner: str) -> Extraction:
         """Run a claimed job to its end; returns the job as it ended up."""
         assert job.id is not None
         started = time.monotonic()
         workdir = self._workdir(job.id)
-        await asyncio.to_thread(_fresh_dir, workdir)  # whatever a crashed attempt left goes
+        await asyncio.to_thread(self._clean_job_workdirs, job.id)  # what earlier runs left
+        await asyncio.to_thread(_fresh_dir, workdir)
         guard = FetchGuard(self.policy)
         run = _Run(
             job=job,

@@ -479,7 +479,7 @@ async def test_worker_killed_mid_download_resumes_once_charged_once(
         assert job.status == ExtractionStatus.PROCESSING and f"/{proc.pid}/" in (
             job.lease_owner or ""
         )
-        workdir = settings.temp_dir / f"extract-{job.id}"
+        (workdir,) = settings.temp_dir.glob(f"extract-{job.id}-*")
         assert any(workdir.iterdir())  # a partial download on disk
     finally:
         proc.send_signal(signal.SIGKILL)

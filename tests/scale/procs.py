@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 from tests.fakediscord import FakeDiscord
+from web.security import COOKIE_NAME, session_fernet
 
 EXE = Path(sys.executable).with_name("soundboard")
+SESSION_SECRET = "scale-test-session-secret-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -29,7 +36,7 @@ def base_env(tmp: Path, database_url: str, **extra: str) -> dict[str, str]:
         "DATABASE_URL": database_url,
         "DATA_DIR": str(tmp / "data"),
         "SOUNDS_DIR": str(tmp / "sounds"),
-        "SESSION_SECRET": "scale-test-session-secret-0123456789abcdef",
+        "SESSION_SECRET": SESSION_SECRET,
         "LOG_LEVEL": "INFO",
         "PLAY_COOLDOWN_SECONDS": "0",
         "DISCORD_GUILD_READY_TIMEOUT": "0.2",
@@ -59,13 +66,28 @@ async def process(
                 await proc.wait()
 
 
+async def stop_all(procs: list[asyncio.subprocess.Process], timeout: float = 20.0) -> None:
+    """SIGTERM every process still running at once, then wait for them together (SIGKILL for
+    any still running after `timeout`): quicker than stopping them one by one."""
+    running = [proc for proc in procs if proc.returncode is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+
+    async def reap(proc: asyncio.subprocess.Process) -> None:
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    await asyncio.gather(*(reap(proc) for proc in running))
+
+
 def bot_env(fake: FakeDiscord, env: dict[str, str], *, shard: int, shards: int) -> dict[str, str]:
     return fake.client_env({**env, "SHARD_COUNT": str(shards), "SHARD_IDS": str(shard)})
 
 
 async def wait_http(url: str, timeout: float = 30.0) -> None:
-    import aiohttp
-
     deadline = asyncio.get_running_loop().time() + timeout
     async with aiohttp.ClientSession() as session:
         while True:
@@ -78,3 +100,40 @@ async def wait_http(url: str, timeout: float = 30.0) -> None:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"{url} did not answer")
             await asyncio.sleep(0.2)
+
+
+def web_env(env: dict[str, str], port: int) -> dict[str, str]:
+    """A web process on 127.0.0.1:`port` (its public address is the same)."""
+    return {
+        **env,
+        "WEB_HOST": "127.0.0.1",
+        "WEB_PORT": str(port),
+        "WEB_BASE_URL": f"http://127.0.0.1:{port}",
+    }
+
+
+def session_cookie(user_id: int, secret: str = SESSION_SECRET) -> dict[str, str]:
+    """A `Cookie` header signing `user_id` in, as web.context.start_session writes it: any web
+    process sharing SESSION_SECRET accepts it."""
+    now = int(time.time())
+    data = {"created": now, "session": {"uid": user_id, "at": now, "seen": now, "csrf": "x"}}
+    token = session_fernet(secret).encrypt(json.dumps(data).encode()).decode()
+    return {"Cookie": f"{COOKIE_NAME}={token}"}
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, Any]]:
+    """The Server-Sent Events of a streaming response: (event name, parsed JSON data)."""
+    name, data = "message", ""
+    while True:
+        raw = await response.content.readline()
+        if not raw:
+            return
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if data:
+                yield name, json.loads(data)
+            name, data = "message", ""
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
