@@ -87,6 +87,7 @@ from core.ffmpeg import (
     base_args,
     run_ffmpeg,
 )
+from core.storage import TEMP_PREFIX
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -610,7 +611,7 @@ def _peaks_to_measure(options: NormalizeOptions) -> _Peaks:
 
 
 def _pcm_path(dst: Path) -> Path:
-    return dst.with_name(f".{dst.name}.{secrets.token_hex(6)}.pcm")
+    return dst.with_name(f"{TEMP_PREFIX}{dst.name}.{secrets.token_hex(6)}.pcm")
 
 
 def _complete_pcm(pcm: Path, info: AudioInfo, options: NormalizeOptions) -> bool:
@@ -788,7 +789,8 @@ class _Outcome:
 
 def _temp_path(dst: Path, options: NormalizeOptions) -> Path:
     suffix = ".mp3" if options.output_format == "mp3" else ".ogg"
-    return dst.with_name(f".{dst.name}.{secrets.token_hex(6)}.part{suffix}")
+    # The shared temporary prefix: a crash leaves a file that the next start clears away.
+    return dst.with_name(f"{TEMP_PREFIX}{dst.name}.{secrets.token_hex(6)}.part{suffix}")
 
 
 async def _encode(

@@ -34,6 +34,7 @@ from core.normalize import (
     normalize_batch,
     normalize_file,
 )
+from core.storage import TEMP_PREFIX
 from tests.core import audiogen
 
 TARGET_I = -23.0
@@ -444,8 +445,8 @@ def _hidden_files(folder: Path) -> list[str]:
 
 
 def _copy_owner(pcm: Path) -> str:
-    """The case name a decoded copy was made for (".<case>.ogg.<token>.pcm")."""
-    return pcm.name[1:].split(".", 1)[0]
+    """The case name a decoded copy was made for (".tmp-<case>.ogg.<token>.pcm")."""
+    return pcm.name.removeprefix(TEMP_PREFIX).split(".", 1)[0]
 
 
 def _same_result(batch: NormalizeResult, alone: NormalizeResult) -> None:
