@@ -24,3 +24,12 @@ async def env(
     url = await fresh_database(request.param, sqlite_templates, pg_templates)
     async with bot_env(tmp_path_factory.mktemp("bot"), url) as environment:
         yield environment
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _player_idle_after_each_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Tests share one bot per module: let a test's sounds finish before the next one starts."""
+    yield
+    if "env" in request.fixturenames:
+        environment: BotEnv = request.getfixturevalue("env")
+        await environment.wait_idle()

@@ -70,6 +70,15 @@ class BotEnv:
         inter = await self.slash(user, name, options)
         return await answer_text(inter)
 
+    async def wait_idle(self, timeout: float = 15.0) -> None:
+        """Wait until nothing plays or waits in this guild (tests share one bot per module)."""
+
+        def idle() -> bool:
+            player = self.bot.players.existing(self.guild.id)
+            return player is None or not player.busy
+
+        await self.fake.wait_for(idle, timeout=timeout, what="the guild's player to be idle")
+
     async def join_voice(self, user: FakeMember) -> None:
         await self.fake.set_user_voice(self.guild.id, user.id, self.guild.voice_channel.id)
 

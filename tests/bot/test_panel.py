@@ -47,6 +47,7 @@ async def click(env: BotEnv, message: dict[str, Any], custom_id: str) -> Any:
 
 
 async def test_panel_plays_charges_and_pages(env: BotEnv) -> None:
+    await env.wait_idle()
     # 21 sounds: a full first page of 20 and one on the second. Only the two clicked below
     # are normalized, to keep the test quick.
     sounds = [
@@ -112,6 +113,7 @@ async def test_panel_plays_charges_and_pages(env: BotEnv) -> None:
 
 
 async def test_panel_button_of_a_deleted_sound(env: BotEnv) -> None:
+    await env.wait_idle()
     doomed = await env.add_tone("doomed", 1310, seconds=0.3, tags=["gone"], normalize=False)
     await env.add_tone("survivor", 1320, seconds=0.3, tags=["gone"], normalize=False)
     message = await post_panel(env, "gone")
@@ -140,6 +142,7 @@ async def test_panel_for_an_unknown_tag(env: BotEnv) -> None:
 
 
 async def test_panel_keeps_working_after_a_restart(env: BotEnv) -> None:
+    await env.wait_idle()
     sound = await env.add_tone("phoenix", 1250, seconds=0.4, tags=["restart"])
     message = await post_panel(env, "restart")
     old = env.bot
