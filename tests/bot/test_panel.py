@@ -100,6 +100,7 @@ async def test_panel_plays_charges_and_pages(env: BotEnv) -> None:
     assert shown["sb:panel:2:pnl"] == ("page 2/2", True)
     assert shown["sb:panel:3:pnl"] == ("▶", True)
 
+    await env.wait_idle()  # the first sound's last packets are out; let the player finish
     start = len(env.fake.audio_packets(env.guild.id))
     inter = await click(env, page2, f"sb:play:{sounds[20].id}")
     assert (await answer_text(inter)).startswith("Playing **pnl 20**")
