@@ -15,12 +15,14 @@ from tests.bot.harness import BotEnv, answer_text
 from tests.conftest import make_settings
 from tests.core import audiogen
 from tests.fakediscord import FakeDiscord, audio_frames, decode_opus_to_pcm, dominant_frequency
+from tests.scale.procs import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def test_soundboard_bot_process_plays(tmp_path: Path, sqlite_url: str) -> None:
-    """`soundboard bot` started with settings in its environment, driven over the fake."""
+async def test_soundboard_run_process_plays_and_serves(tmp_path: Path, sqlite_url: str) -> None:
+    """`soundboard run` (the bot and the web app in one process, as the README starts it),
+    settings in its environment, driven over the fake Discord and over HTTP."""
     async with FakeDiscord() as fake:
         guild = await fake.add_guild(name="Process Guild")
         carol = await fake.add_member(guild.id, name="carol")
@@ -28,6 +30,7 @@ async def test_soundboard_bot_process_plays(tmp_path: Path, sqlite_url: str) -> 
         async with Services.from_settings(settings) as services:
             tone = audiogen.render(tmp_path / "tone.wav", "sine=frequency=523", seconds=0.6)
             sound = (await services.sounds.add_file(tone, name="chime", guild_id=guild.id)).sound
+        web_port = free_port()
         env = fake.client_env(
             {
                 "PATH": os.environ.get("PATH", ""),
@@ -37,12 +40,13 @@ async def test_soundboard_bot_process_plays(tmp_path: Path, sqlite_url: str) -> 
                 "SOUNDS_DIR": str(tmp_path / "sounds"),
                 "DISCORD_GUILD_READY_TIMEOUT": "0.1",
                 "LOG_LEVEL": "INFO",
+                "WEB_PORT": str(web_port),
             }
         )
         exe = Path(sys.executable).with_name("soundboard")
         proc = await asyncio.create_subprocess_exec(
             str(exe),
-            "bot",
+            "run",
             cwd=tmp_path,
             env=env,
             stdout=asyncio.subprocess.DEVNULL,
@@ -51,6 +55,7 @@ async def test_soundboard_bot_process_plays(tmp_path: Path, sqlite_url: str) -> 
         try:
             await fake.wait_for_commands(timeout=60)
             await fake.wait_for_gateway_ready(timeout=30)
+            await wait_http(f"http://127.0.0.1:{web_port}/healthz")
             await fake.set_user_voice(guild.id, carol.id, guild.voice_channel.id)
             inter = await fake.send_slash_command(
                 guild.id, guild.text_channel.id, carol.id, "play", {"sound": "chime"}
