@@ -8,6 +8,7 @@ import pytest
 from core.config import Settings, load_settings
 from core.services.container import Services
 from tests.dbutil import (
+    PG_SKIP_REASON,
     PostgresTemplates,
     SqliteTemplates,
     fresh_database,
@@ -39,6 +40,20 @@ async def database_url(
 ) -> str:
     """A fresh, migrated database; every test that takes it runs on SQLite and PostgreSQL."""
     return await fresh_database(request.param, sqlite_templates, pg_templates)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def empty_url(
+    request: pytest.FixtureRequest,
+    sqlite_templates: SqliteTemplates,
+    pg_templates: PostgresTemplates | None,
+) -> str:
+    """An empty (unmigrated) database on SQLite and PostgreSQL, for migration tests."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{sqlite_templates.root / request.node.name}.db"
+    if pg_templates is None:
+        pytest.skip(PG_SKIP_REASON)
+    return await pg_templates.empty_url()
 
 
 @pytest.fixture

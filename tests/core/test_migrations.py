@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
@@ -14,20 +13,6 @@ from sqlmodel import SQLModel
 import core.models  # noqa: F401
 from core.db import create_engine
 from core.migrate import current_revision, head_revision, upgrade
-from tests.dbutil import PG_SKIP_REASON, PostgresTemplates, SqliteTemplates
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def empty_url(
-    request: pytest.FixtureRequest,
-    sqlite_templates: SqliteTemplates,
-    pg_templates: PostgresTemplates | None,
-) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{sqlite_templates.root / request.node.name}.db"
-    if pg_templates is None:
-        pytest.skip(PG_SKIP_REASON)
-    return await pg_templates.empty_url()
 
 
 async def _run(url: str, fn: Callable[[Connection], object]) -> object:

@@ -27,7 +27,6 @@ from core.services.container import Services
 from core.services.normalize_worker import NormalizeWorker
 from tests.conftest import make_settings
 from tests.core import audiogen
-from tests.dbutil import PG_SKIP_REASON, PostgresTemplates, SqliteTemplates
 
 ROOT = Path(__file__).resolve().parents[2]
 DEAD = "elsewhere/1/deadbeef"
@@ -377,19 +376,6 @@ async def test_claim_query_uses_the_partial_index(services: Services) -> None:
             await session.execute(text("SET LOCAL enable_seqscan = off"))
             plan = (await session.execute(text(f"EXPLAIN {compiled}"))).all()
     assert "ix_sound_needs_normalizing" in " ".join(str(row) for row in plan), plan
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def empty_url(
-    request: pytest.FixtureRequest,
-    sqlite_templates: SqliteTemplates,
-    pg_templates: PostgresTemplates | None,
-) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{sqlite_templates.root / request.node.name}.db"
-    if pg_templates is None:
-        pytest.skip(PG_SKIP_REASON)
-    return await pg_templates.empty_url()
 
 
 async def test_upgrade_to_0003_keeps_sounds(empty_url: str) -> None:
