@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -49,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Enough for a bot in thousands of voice channels (a TLS websocket and a UDP socket each) or a web
+# app with thousands of live pages, without asking the operator to tune `ulimit -n`.
+OPEN_FILES_WANTED = 65536
+
+
+def raise_open_file_limit() -> None:
+    """Lift the soft open-files limit (often 1,024) towards the hard limit, which needs no
+    privilege."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        log.debug("open files limit raised from %s to %s", soft, wanted)
+
+
 def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` on uvloop, the event loop every soundboard process uses."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -90,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err(f"error: {exc}")
         return 2
     configure_logging(settings, console=getattr(args, "log_console", False))
+    raise_open_file_limit()
     handler: Handler = args.handler
     try:
         return run_coroutine(_until_signalled(handler(args, settings)))

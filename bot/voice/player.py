@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.voice.client import SoundVoiceClient
 from bot.voice.pacer import Stream
 from core.errors import SoundboardError
 from core.models import Sound
@@ -93,7 +94,9 @@ class GuildPlayer:
             if vc is not None:  # a stale client left behind by a failed connection
                 await vc.disconnect(force=True)
             try:
-                await channel.connect(self_deaf=True, timeout=15, reconnect=True)
+                await channel.connect(
+                    self_deaf=True, timeout=15, reconnect=True, cls=SoundVoiceClient
+                )
             except (TimeoutError, discord.ClientException, discord.DiscordException) as exc:
                 log.warning("voice connect failed guild=%s error=%s", self.guild_id, exc)
                 raise PlayerError("I couldn't join your voice channel; please try again.") from exc
@@ -193,9 +196,9 @@ class GuildPlayer:
             self.bot.spawn(vc.ws.speak(state))
 
     def _on_stream_done(self, stream: Stream) -> None:
-        # Called on the pacer thread: hop back to the event loop.
+        # Called by the pacer in the middle of sending: start the next sound after it returns.
         item = self.current
-        self.bot.loop.call_soon_threadsafe(self._advance_stream, stream, item)
+        self.bot.loop.call_soon(self._advance_stream, stream, item)
 
     def _advance_stream(self, stream: Stream, item: QueueItem | None) -> None:
         if stream is not self._stream or item is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+from bot.voice.client import PollSocketReader, SoundVoiceClient
 from tests.bot.harness import TONE_SECONDS, BotEnv, answer_text
 from tests.fakediscord import audio_frames, decode_opus_to_pcm, dominant_frequency, split_playbacks
 
@@ -26,6 +27,11 @@ async def test_play_streams_the_sound(env: BotEnv) -> None:
     assert span_ms > 0.8 * 20 * (len(packets) - 1)  # paced in real time, not a burst
     pcm = decode_opus_to_pcm(frames)
     assert abs(dominant_frequency(pcm) - 440) <= 5
+    # The connection reads UDP with our poll()-based reader, not discord.py's select() one.
+    guild = env.bot.get_guild(env.guild.id)
+    assert guild is not None and isinstance(guild.voice_client, SoundVoiceClient)
+    reader = guild.voice_client._connection._socket_reader
+    assert isinstance(reader, PollSocketReader) and reader.is_alive()
     # Charged once, recorded once.
     user = await env.services.users.get_by_discord_id(env.alice.id)
     history = await env.services.credits.history(user.id or 0)
