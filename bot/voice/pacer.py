@@ -1,16 +1,21 @@
-"""One thread paces every guild's stream at 20 ms per packet.
+"""One scheduler on the event loop paces every guild's stream at 20 ms per packet.
 
 discord.py's stock player runs a thread per stream; with hundreds of streams those threads
-fight over the GIL and fall behind. Here a single loop sends each stream's packet when it is
-due, sleeping until the earliest deadline. A new stream's first packet goes out at once.
+fight over the GIL and fall behind. A single pacing thread is not enough either: every packet
+releases the GIL twice (encryption, `sendto`), and each time the event loop thread is busy (a
+burst of slash commands) the pacer waits up to the interpreter's 5 ms switch interval to get it
+back; at 500 streams that left packets seconds late. So the pacer runs on the event loop itself:
+one timer fires when the earliest packet is due and sends every packet due by then, so a packet
+is late by at most the longest loop callback. A new stream's first packet goes out at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import logging
-import threading
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +27,8 @@ log = logging.getLogger(__name__)
 
 FRAME_SECONDS = 0.020
 SILENCE_FRAMES = 5
+# The loop's timers have millisecond resolution: a packet due within this is sent now.
+EARLY_SECONDS = 0.001
 # While the voice connection is reconnecting a stream waits, up to this long.
 RECONNECT_GRACE_SECONDS = 15.0
 
@@ -98,27 +105,28 @@ class PacerStats:
 
 
 class Pacer:
+    """Call every method on the event loop's thread (`play` from a running loop)."""
+
     def __init__(self, *, record_lateness: bool = False) -> None:
         self._heap: list[tuple[float, int, Stream]] = []
         self._counter = itertools.count()
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = math.inf
+        self._sending = False
         self.record_lateness = record_lateness
         self.stats = PacerStats()
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="soundboard-pacer", daemon=True)
-            self._thread.start()
+        self._loop = asyncio.get_running_loop()
 
     def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            self._thread = None
+        """Stop sending; streams still queued end without their `on_done`."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_due = None, math.inf
+        self._heap.clear()
+        self._loop = None
 
     def snapshot(self) -> PacerStats:
         """The statistics since the previous snapshot (and start a new period)."""
@@ -127,8 +135,7 @@ class Pacer:
 
     @property
     def active(self) -> int:
-        with self._cond:
-            return len(self._heap)
+        return len(self._heap)
 
     def play(
         self,
@@ -138,41 +145,58 @@ class Pacer:
         *,
         label: str = "",
     ) -> Stream:
-        """Start streaming now; `on_done(stream)` is called from the pacer thread at the end."""
+        """Start streaming now (the first packet is sent before this returns, unless called
+        from an `on_done`); `on_done(stream)` is called on the loop at the end."""
+        if self._loop is None:
+            self.start()
         stream = Stream(sender, iter(packets), on_done, label=label)
         now = time.perf_counter()
         stream.started_at = now
-        with self._cond:
-            heapq.heappush(self._heap, (now, next(self._counter), stream))
-            self._cond.notify()
-        self.start()
+        heapq.heappush(self._heap, (now, next(self._counter), stream))
+        if self._sending:
+            return stream
+        self._send_due()
         return stream
 
-    def _run(self) -> None:
-        heap = self._heap
-        while True:
-            with self._cond:
-                while not self._closing:
-                    if heap:
-                        delay = heap[0][0] - time.perf_counter()
-                        if delay <= 0:
-                            break
-                        self._cond.wait(delay)
-                    else:
-                        self._cond.wait()
-                if self._closing:
-                    return
-                due, _, stream = heapq.heappop(heap)
-            next_due = self._tick(stream, due)
-            if next_due is not None:
-                with self._cond:
-                    heapq.heappush(heap, (next_due, next(self._counter), stream))
-            else:
-                self._finish(stream)
+    def _on_timer(self) -> None:
+        self._timer, self._timer_due = None, math.inf
+        self._send_due()
 
-    def _tick(self, stream: Stream, due: float) -> float | None:
+    def _send_due(self) -> None:
+        """Send every packet due now (or within EARLY_SECONDS), then re-arm the one timer."""
+        if self._loop is None:
+            return
+        heap = self._heap
+        clock = time.perf_counter
+        self._sending = True
+        try:
+            now = clock()
+            while heap and heap[0][0] <= now + EARLY_SECONDS:
+                due, _, stream = heapq.heappop(heap)
+                next_due = self._tick(stream, due, now)
+                if next_due is None:
+                    self._finish(stream)
+                else:
+                    heapq.heappush(heap, (next_due, next(self._counter), stream))
+                now = clock()
+        finally:
+            self._sending = False
+        self._arm()
+
+    def _arm(self) -> None:
+        if not self._heap or self._loop is None:
+            return
+        due = self._heap[0][0]
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return
+            self._timer.cancel()
+        delay = max(0.0, due - time.perf_counter())
+        self._timer = self._loop.call_later(delay, self._on_timer)
+        self._timer_due = due
+
+    def _tick(self, stream: Stream, due: float, now: float) -> float | None:
         """Send one packet of `stream`; return when the next is due, or None when done."""
-        now = time.perf_counter()
         sender = stream.sender
         try:
             connected = sender.is_connected()
