@@ -88,6 +88,7 @@ class Database:
         self._read = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
         write_engine = engine.execution_options(sqlite_immediate=True) if self.is_sqlite else engine
         self._write = async_sessionmaker(write_engine, class_=AsyncSession, expire_on_commit=False)
+        self._write_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     @classmethod
     def from_url(
@@ -104,8 +105,21 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed on success, rolled back on any error."""
-        async with self._write() as session, session.begin():
+        if not self.is_sqlite:
+            async with self._write() as session, session.begin():
+                yield session
+            return
+        # SQLite has one writer at a time. Writers of this process queue here in order; left to
+        # SQLite's busy handler they would poll with sleeps of up to 100 ms, and a burst of
+        # hundreds of plays took tens of seconds. Other processes still meet the busy timeout.
+        async with self._sqlite_write_lock(), self._write() as session, session.begin():
             yield session
+
+    def _sqlite_write_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._write_lock is None or self._write_lock[0] is not loop:
+            self._write_lock = (loop, asyncio.Lock())
+        return self._write_lock[1]
 
     async def checkpoint(self) -> None:
         """Copy the SQLite write-ahead log into the database without blocking writers."""
