@@ -9,10 +9,13 @@ and records every Opus payload with its arrival time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +30,9 @@ from ._util import dumps
 _log = logging.getLogger(__name__)
 
 SUPPORTED_MODES = ["aead_xchacha20_poly1305_rtpsize"]
+UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+# Linux's value (include/uapi/asm-generic/socket.h); Python 3.11 does not export the name.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 # Voice gateway opcodes.
 OP_IDENTIFY = 0
@@ -138,6 +144,7 @@ class VoiceServer:
         # Set by load benchmarks: record (sequence, arrival_ns) per guild, skip decryption.
         self.headers_only = False
         self.header_log: dict[int, list[tuple[int, int]]] = {}
+        self._sink: _HeaderSink | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start_udp(self) -> None:
@@ -146,6 +153,12 @@ class VoiceServer:
             lambda: _UdpProtocol(self), local_addr=(self.host, 0)
         )
         self._udp = protocol
+        # Load benchmarks send tens of thousands of packets a second: a bigger buffer (up to
+        # net.core.rmem_max) rides out the moments this process is busy elsewhere.
+        with contextlib.suppress(OSError):
+            transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER_BYTES
+            )
         self.udp_port = int(transport.get_extra_info("sockname")[1])
         _log.debug("voice UDP listening on %s:%d", self.host, self.udp_port)
 
@@ -156,6 +169,9 @@ class VoiceServer:
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
         self._udp = None
+        if self._sink is not None:
+            self._sink.stop()
+            self._sink = None
 
     # ------------------------------------------------------------------ queries
     def connections_for(self, guild_id: int) -> list[VoiceConnection]:
@@ -421,18 +437,89 @@ class VoiceServer:
         self._notify()
 
     def _answer_ip_discovery(self, data: bytes, addr: tuple[str, int]) -> None:
-        ssrc = struct.unpack_from(">I", data, 4)[0]
+        ssrc, reply = ip_discovery_reply(data, addr)
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.sendto(reply, addr)
+        self._discovered(ssrc, addr)
+
+    def _discovered(self, ssrc: int, addr: tuple[str, int]) -> None:
         conn = self._by_ssrc.get(ssrc)
         if conn is not None:
             conn.udp_address = addr
-        reply = bytearray(74)
-        struct.pack_into(">HHI", reply, 0, 2, 70, ssrc)
-        ip = addr[0].encode("ascii")[:63]
-        reply[8 : 8 + len(ip)] = ip
-        struct.pack_into(">H", reply, 72, addr[1])
-        if self._udp is not None and self._udp.transport is not None:
-            self._udp.transport.sendto(bytes(reply), addr)
         self._notify()
+
+    # ------------------------------------------------------------------ load benchmarks
+    def start_header_sink(self) -> None:
+        """Load benchmarks: from now on voice UDP goes to a socket read by a thread that logs
+        each RTP packet's (sequence, kernel arrival time) per guild in `header_log`, without
+        decrypting. The kernel's receive timestamp (SO_TIMESTAMPNS) is when the packet reached
+        this socket, however busy the benchmark's own event loop is."""
+        self.headers_only = True
+        self._sink = _HeaderSink(self, asyncio.get_running_loop())
+        self._sink.start()
+        self.udp_port = self._sink.port
+
+    def _log_header(self, data: bytes, arrival_ns: int) -> None:
+        ssrc = struct.unpack_from(">I", data, 8)[0]
+        conn = self._by_ssrc.get(ssrc)
+        if conn is not None and conn.mode is not None:
+            sequence = struct.unpack_from(">H", data, 2)[0]
+            self.header_log.setdefault(conn.guild_id, []).append((sequence, arrival_ns))
+
+
+def ip_discovery_reply(data: bytes, addr: tuple[str, int]) -> tuple[int, bytes]:
+    """The SSRC asking and Discord's 74-byte answer: the address the request came from."""
+    ssrc = struct.unpack_from(">I", data, 4)[0]
+    reply = bytearray(74)
+    struct.pack_into(">HHI", reply, 0, 2, 70, ssrc)
+    ip = addr[0].encode("ascii")[:63]
+    reply[8 : 8 + len(ip)] = ip
+    struct.pack_into(">H", reply, 72, addr[1])
+    return ssrc, bytes(reply)
+
+
+class _HeaderSink(threading.Thread):
+    """The benchmark's UDP endpoint (see VoiceServer.start_header_sink)."""
+
+    def __init__(self, server: VoiceServer, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="fake-voice-header-sink", daemon=True)
+        self._server = server
+        self._loop = loop
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((server.host, 0))
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER_BYTES)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.settimeout(0.5)
+        self.port = int(self.sock.getsockname()[1])
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        cmsg_space = socket.CMSG_SPACE(16)
+        while not self.stopped.is_set():
+            try:
+                data, ancillary, _, addr = self.sock.recvmsg(2048, cmsg_space)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            arrival_ns = time.time_ns()
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:  # SCM_ == SO_
+                    seconds, nanos = struct.unpack("qq", value[:16])
+                    arrival_ns = seconds * 1_000_000_000 + nanos
+            if len(data) == 74 and data[0:2] == b"\x00\x01":
+                peer = (str(addr[0]), int(addr[1]))
+                ssrc, reply = ip_discovery_reply(data, peer)
+                self.sock.sendto(reply, peer)
+                self._loop.call_soon_threadsafe(self._server._discovered, ssrc, peer)
+            elif len(data) >= 12 + 16 + 4 and (data[0] >> 6) == 2:
+                self._server._log_header(data, arrival_ns)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=2)
+        self.sock.close()
 
 
 def rtp_header_length(packet: bytes) -> tuple[int, int]:
