@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import Select, event
+from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -20,6 +25,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import ConnectionPoolEntry
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WAL_AUTOCHECKPOINT_PAGES = 20_000
@@ -30,6 +37,16 @@ def _prepare_sqlite_path(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_file(url: str | URL) -> str | None:
+    """The database file of a plain file URL; None for memory and URI forms, whose data a
+    second, independent connection might not see."""
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:") or parsed.query:
+        return None
+    return database
 
 
 def create_engine(
@@ -79,6 +96,182 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+@dataclass(frozen=True)
+class ReadQuery:
+    """A SELECT compiled once for one dialect: its SQL, how to turn named values into the
+    driver's positional parameters, and how to turn the driver's values into Python ones
+    (the column types' own processors, as SQLAlchemy applies them)."""
+
+    sql: str
+    params: tuple[tuple[str, bool, Any, Callable[[Any], Any] | None], ...]
+    results: tuple[tuple[int, Callable[[Any], Any]], ...]
+
+    @classmethod
+    def compile(cls, stmt: Select[Any], dialect: Dialect) -> ReadQuery:
+        compiled = stmt.compile(dialect=dialect)
+        if compiled.positiontup is None or "POSTCOMPILE" in compiled.string:
+            raise ValueError(f"{dialect.name}: only plain positional parameters are supported")
+        params = []
+        for name in compiled.positiontup:
+            bind = compiled.binds[name]
+            if bind.expanding or bind.callable is not None:
+                raise ValueError(f"bind parameter {name!r} cannot be precompiled")
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            params.append((name, bool(bind.required), bind.value, processor))
+        results = []
+        for index, column in enumerate(stmt.selected_columns):
+            processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if processor is not None:
+                results.append((index, processor))
+        return cls(compiled.string, tuple(params), tuple(results))
+
+    def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        out = []
+        for name, required, default, processor in self.params:
+            if required and name not in values:
+                raise KeyError(f"no value for the query parameter {name!r}")
+            value = values.get(name, default)
+            out.append(value if processor is None else processor(value))
+        return tuple(out)
+
+    def convert(self, rows: Sequence[Sequence[Any]], make: Callable[[Sequence[Any]], R]) -> list[R]:
+        """Each row's values through the column types' processors, then `make`."""
+        if not self.results:
+            return [make(row) for row in rows]
+        converted = []
+        for row in rows:
+            values = list(row)
+            for index, processor in self.results:
+                values[index] = processor(values[index])
+            converted.append(make(values))
+        return converted
+
+
+class _InlineSqliteReader:
+    """A query-only SQLite connection used straight from the event loop's thread, for small
+    indexed reads.
+
+    Why not the pool: aiosqlite gives every pooled connection a thread and hops to it several
+    times per query (cursor, execute, fetch, close, BEGIN, ROLLBACK); under concurrent requests
+    those threads fight the event loop for the GIL, which cost several times more CPU than the
+    query itself. Even a single hop to one reader thread per query cost about as much again as
+    the query (bench/bench_web.py). A ledger page read through its index is ~0.1 ms of work on
+    pages the OS has cached, the same kind of blocking as the file write of the request's log
+    line on this thread.
+
+    It never waits for a lock: the busy timeout is 0, and a read that finds the database busy
+    (rare in WAL mode, where readers do not wait for writers) returns None, so the caller takes
+    the pooled path, which waits. In autocommit mode each SELECT is its own snapshot: it sees
+    every commit made before it started, from any connection or process."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+        self._thread = 0  # the thread that opened the connection, the only one that uses it
+
+    def fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any] | None:
+        """The rows, or None when the database is busy or this is not the connection's thread."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = sqlite3.connect(
+                self._path, timeout=0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA query_only=ON")
+            self._thread = threading.get_ident()
+        elif self._thread != threading.get_ident():
+            return None
+        try:
+            cursor = conn.execute(sql, params)
+            try:
+                return cursor.fetchall()
+            finally:
+                cursor.close()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return None
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _lane_count(engine: AsyncEngine) -> int:
+    """A quarter of the pool (1 to 4): the rest stays for sessions."""
+    size = getattr(engine.pool, "size", None)
+    return max(1, min(4, size() // 4)) if callable(size) else 1
+
+
+@dataclass(frozen=True, eq=False)
+class _Lane:
+    conn: AsyncConnection
+    driver: Any  # the asyncpg connection behind `conn`
+
+
+class _PostgresReadLanes:
+    """A few connections taken from the pool and kept for hot reads, each used straight
+    through asyncpg (no BEGIN/ROLLBACK round trips; asyncpg's statement cache skips the
+    prepare).
+
+    Checking a connection out of SQLAlchemy's pool and back for every read (an
+    AsyncConnection, greenlet switches, the pool's bookkeeping and reset) cost as much CPU as
+    the query. A lane is checked out once and kept, so the process stays within
+    DATABASE_POOL_SIZE and its overflow. Lanes open as concurrent reads need them, up to
+    `size`; further reads wait for a free lane (a fraction of a millisecond) instead of opening
+    connections. A lane whose query fails is dropped and its connection invalidated: the next
+    read opens a fresh one, as the pool does with a broken connection."""
+
+    def __init__(self, engine: AsyncEngine, size: int) -> None:
+        self._engine = engine
+        self._size = size
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._idle: list[_Lane] = []
+        self._lanes: set[_Lane] = set()
+
+    async def fetch(self, sql: str, params: tuple[Any, ...]) -> Sequence[Any] | None:
+        """The rows, or None when called from another event loop than the lanes' own."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None:
+            self._loop, self._slots = loop, asyncio.Semaphore(self._size)
+        elif loop is not self._loop:
+            return None  # asyncpg connections belong to the loop that opened them
+        async with self._slots:
+            lane = self._idle.pop() if self._idle else await self._open()
+            try:
+                rows: Sequence[Any] = await lane.driver.fetch(sql, *params)
+            except BaseException:
+                await self._drop(lane)
+                raise
+            self._idle.append(lane)
+            return rows
+
+    async def _open(self) -> _Lane:
+        conn = await self._engine.connect()
+        try:
+            raw = await conn.get_raw_connection()
+        except BaseException:
+            await conn.close()
+            raise
+        lane = _Lane(conn, raw.driver_connection)
+        self._lanes.add(lane)
+        return lane
+
+    async def _drop(self, lane: _Lane) -> None:
+        self._lanes.discard(lane)
+        with contextlib.suppress(Exception):
+            await lane.conn.invalidate()
+            await lane.conn.close()
+
+    async def close(self) -> None:
+        """Hand every lane back to the pool (which the engine's dispose then closes)."""
+        lanes, self._lanes, self._idle = list(self._lanes), set(), []
+        for lane in lanes:
+            with contextlib.suppress(Exception):
+                await lane.conn.close()
+
+
 class Database:
     """Owns the engine and hands out sessions. `write()` sessions serialize on SQLite."""
 
@@ -89,6 +282,14 @@ class Database:
         write_engine = engine.execution_options(sqlite_immediate=True) if self.is_sqlite else engine
         self._write = async_sessionmaker(write_engine, class_=AsyncSession, expire_on_commit=False)
         self._write_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._queries: dict[Hashable, ReadQuery] = {}
+        sqlite_file = _sqlite_file(engine.url) if self.is_sqlite else None
+        self._inline = _InlineSqliteReader(sqlite_file) if sqlite_file else None
+        self._lanes = (
+            _PostgresReadLanes(engine, _lane_count(engine))
+            if engine.dialect.driver == "asyncpg"
+            else None
+        )
 
     @classmethod
     def from_url(
@@ -121,6 +322,33 @@ class Database:
             self._write_lock = (loop, asyncio.Lock())
         return self._write_lock[1]
 
+    def read_query(self, key: Hashable, build: Callable[[], Select[Any]]) -> ReadQuery:
+        """The statement `build` returns, compiled for this database once per `key`."""
+        query = self._queries.get(key)
+        if query is None:
+            query = self._queries[key] = ReadQuery.compile(build(), self.engine.dialect)
+        return query
+
+    async def fetch(
+        self, query: ReadQuery, values: Mapping[str, Any], make: Callable[[Sequence[Any]], R]
+    ) -> list[R]:
+        """Run one SELECT outside any transaction, as cheaply as the driver allows, and build
+        each row with `make` (`tuple`, a NamedTuple's `_make`). For hot, small, indexed reads:
+        the ORM and sessions cost several times more per query. On SQLite the statement runs
+        on the calling thread (_InlineSqliteReader), on PostgreSQL on a connection kept for
+        such reads (_PostgresReadLanes); elsewhere, or when those cannot serve, on a pooled
+        connection."""
+        params = query.parameters(values)
+        rows: Sequence[Sequence[Any]] | None = None
+        if self._inline is not None:
+            rows = self._inline.fetch(query.sql, params)
+        elif self._lanes is not None:
+            rows = await self._lanes.fetch(query.sql, params)
+        if rows is None:
+            async with self.engine.connect() as conn:
+                rows = (await conn.exec_driver_sql(query.sql, params)).all()
+        return query.convert(rows, make)
+
     async def checkpoint(self) -> None:
         """Copy the SQLite write-ahead log into the database without blocking writers."""
         if self.is_sqlite:
@@ -137,4 +365,8 @@ class Database:
                 log.warning("SQLite checkpoint failed", exc_info=True)
 
     async def dispose(self) -> None:
+        if self._inline is not None:
+            self._inline.close()
+        if self._lanes is not None:
+            await self._lanes.close()
         await self.engine.dispose()

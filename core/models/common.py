@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime
+from sqlalchemy import BigInteger, DateTime, Dialect
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Column, Field
@@ -29,6 +30,30 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+    def result_processor(
+        self, dialect: Dialect, coltype: object
+    ) -> Callable[[Any], datetime | None] | None:
+        generic = super().result_processor(dialect, coltype)
+        if dialect.name != "sqlite" or generic is None:
+            return generic
+        fromisoformat = datetime.fromisoformat
+
+        def process(value: Any) -> datetime | None:
+            # SQLite holds naive UTC text ("2026-01-31 12:00:00.000000"). Parsing it with the
+            # offset appended is 4x cheaper than parse-then-replace(tzinfo=UTC), which shows on
+            # every page of rows; anything else takes SQLAlchemy's own path.
+            if value.__class__ is str:
+                try:
+                    parsed = fromisoformat(value + "+00:00")
+                except ValueError:
+                    pass
+                else:
+                    if parsed.tzinfo is not None:  # a date alone reads "+00:00" as a time
+                        return parsed
+            return generic(value)
+
+        return process
 
 
 def created_field() -> datetime:

@@ -2,14 +2,29 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, Select, Text, bindparam, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from core.db import Database
 from core.models import CreditTransaction
-from core.repositories.base import Page, keyset_page
+from core.repositories.base import MAX_PAGE_SIZE, Page, decode_cursor, encode_cursor, keyset_page
+
+
+class LedgerEntry(NamedTuple):
+    """A ledger row as plain values, for pages that only pass rows on (the JSON API)."""
+
+    id: int
+    action: str
+    amount: int
+    balance_before: int
+    balance_after: int
+    # The stored JSON text, not parsed: a JSON response can embed it as it is.
+    metadata_json: str | None
+    success: bool
+    created_at: datetime
 
 
 async def add(
@@ -61,6 +76,58 @@ async def page_for_user(
     return await keyset_page(
         session, stmt, id_column=col(CreditTransaction.id), cursor=cursor, limit=limit
     )
+
+
+def _entries_statement(action: bool, since: bool, until: bool, before: bool) -> Select[Any]:
+    t = CreditTransaction.__table__.c  # type: ignore[attr-defined]
+    stmt = select(
+        t.id,
+        t.action,
+        t.amount,
+        t.balance_before,
+        t.balance_after,
+        cast(t.metadata, Text).label("metadata"),
+        t.success,
+        t.created_at,
+    ).where(t.user_id == bindparam("user_id"))
+    if action:
+        stmt = stmt.where(t.action == bindparam("action"))
+    if since:
+        stmt = stmt.where(t.created_at >= bindparam("since"))
+    if until:
+        stmt = stmt.where(t.created_at < bindparam("until"))
+    if before:
+        stmt = stmt.where(t.id < bindparam("before"))
+    return stmt.order_by(t.id.desc()).limit(bindparam("limit", type_=Integer))
+
+
+async def entries_page_for_user(
+    db: Database,
+    *,
+    user_id: int,
+    cursor: str | None = None,
+    limit: int = 50,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Page[LedgerEntry]:
+    """The same page as `page_for_user`, as plain values: one precompiled SELECT of the
+    columns, no ORM objects and no session (several times cheaper per request)."""
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    before = decode_cursor(cursor)
+    shape = (bool(action), since is not None, until is not None, before is not None)
+    query = db.read_query(("ledger.entries", *shape), lambda: _entries_statement(*shape))
+    values = {
+        "user_id": user_id,
+        "action": action,
+        "since": since,
+        "until": until,
+        "before": before,
+        "limit": limit + 1,
+    }
+    items = await db.fetch(query, values, LedgerEntry._make)
+    next_cursor = encode_cursor(items[limit - 1].id) if len(items) > limit else None
+    return Page(items=items[:limit], next_cursor=next_cursor)
 
 
 async def iter_for_user(

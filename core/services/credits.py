@@ -198,6 +198,27 @@ class CreditsService:
                 until=until,
             )
 
+    async def history_entries(
+        self,
+        user_id: int,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> Page[ledger.LedgerEntry]:
+        """The page `history` returns, as plain values (see ledger.entries_page_for_user)."""
+        return await ledger.entries_page_for_user(
+            self._db,
+            user_id=user_id,
+            cursor=cursor,
+            limit=limit,
+            action=action,
+            since=since,
+            until=until,
+        )
+
     async def verify(self) -> list[LedgerProblem]:
         """Check every user's chain; returns the first broken row of each broken ledger."""
         problems: list[LedgerProblem] = []
