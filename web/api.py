@@ -18,11 +18,13 @@ middleware turns them into JSON with a stable code and the right status.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -34,6 +36,7 @@ from web.keys import RATE_LIMITER, SERVICES, TOKEN_ID, USER
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+NO_STORE: Mapping[str, str] = {"Cache-Control": "no-store"}
 
 # core.errors codes to HTTP statuses.
 STATUS_BY_CODE = {
@@ -72,9 +75,31 @@ def error_body(status: int, code: str, message: str, **fields: Any) -> dict[str,
     return {"error": {"status": status, "code": code, "message": message, **fields}}
 
 
+def json_bytes(data: Any) -> bytes:
+    """`data` as JSON: orjson (several times faster than the json module); what orjson
+    refuses (integers beyond 64 bits, lone surrogates) is written by the json module."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(data).encode()
+
+
+def json_body_response(
+    body: bytes, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A response carrying JSON that is already serialized."""
+    return web.Response(
+        body=body,
+        status=status,
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
 def error_response(exc: ApiError) -> web.Response:
-    return web.json_response(
-        error_body(exc.status, exc.code, exc.message, **exc.fields),
+    return json_body_response(
+        json_bytes(error_body(exc.status, exc.code, exc.message, **exc.fields)),
         status=exc.status,
         headers={"Cache-Control": "no-store", **exc.headers},
     )
@@ -122,7 +147,7 @@ def api_admin(request: web.Request) -> User:
 
 
 def json_ok(data: Any, *, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
+    return json_body_response(json_bytes(data), status=status, headers=NO_STORE)
 
 
 @dataclass

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from core.models import UserOAuth
-from core.services.credits import transaction_dict
+from core.repositories.base import Page
+from core.repositories.ledger import LedgerEntry
 from core.services.users import UserSummary
-from web.api import ApiRoutes, api_user, json_ok
+from web.api import NO_STORE, ApiRoutes, api_user, json_body_response, json_ok
 from web.keys import OPENAPI, PAGE_CACHE, SERVICES
-from web.ledger_view import ACTIONS, DEFAULT_PAGE_SIZE, LedgerFilter, ledger_page
+from web.ledger_view import ACTIONS, DEFAULT_PAGE_SIZE, LedgerFilter
 
 routes = ApiRoutes(tag="account")
 
@@ -159,24 +160,54 @@ async def transactions(request: web.Request) -> web.Response:
     user = api_user(request)
     ledger_filter = LedgerFilter.from_query(request.query)
     if ledger_filter.cursor is None:  # the newest page changes with every transaction
-        return json_ok(await _transactions_page(request, user.id or 0, ledger_filter))
+        body = await _transactions_body(request, user.id or 0, ledger_filter)
+        return json_body_response(body, headers=NO_STORE)
     key = (user.id, *ledger_filter.params().items())
     cache = request.config_dict[PAGE_CACHE]
     cached = cache.get(key)
     if cached is None:
-        page = await _transactions_page(request, user.id or 0, ledger_filter)
-        cached = cache.put(key, json.dumps(page, separators=(",", ":")).encode())
+        body = await _transactions_body(request, user.id or 0, ledger_filter)
+        cached = cache.put(key, body)
     headers = {"ETag": cached.etag, "Cache-Control": f"private, max-age={int(cache.ttl)}"}
     if request.headers.get("If-None-Match") == cached.etag:
         return web.Response(status=304, headers=headers)
-    return web.Response(body=cached.body, content_type="application/json", headers=headers)
+    return json_body_response(cached.body, headers=headers)
 
 
-async def _transactions_page(
+async def _transactions_body(
     request: web.Request, user_id: int, ledger_filter: LedgerFilter
-) -> dict[str, Any]:
-    page = await ledger_page(request.config_dict[SERVICES].credits, user_id, ledger_filter)
-    return {"items": [transaction_dict(row) for row in page.items], "next_cursor": page.next_cursor}
+) -> bytes:
+    page = await request.config_dict[SERVICES].credits.history_entries(
+        user_id,
+        cursor=ledger_filter.cursor,
+        limit=ledger_filter.limit,
+        action=ledger_filter.action,
+        since=ledger_filter.since,
+        until=ledger_filter.until,
+    )
+    return transaction_page_json(page)
+
+
+def transaction_page_json(page: Page[LedgerEntry]) -> bytes:
+    """A TransactionPage: the fields and values of core.services.credits.transaction_dict,
+    written straight from the row values. The stored metadata JSON is embedded as it is (not
+    parsed and re-encoded); orjson writes created_at as isoformat() does."""
+    items = [
+        {
+            "id": entry.id,
+            "action": entry.action,
+            "amount": entry.amount,
+            "balance_before": entry.balance_before,
+            "balance_after": entry.balance_after,
+            "metadata": (
+                None if entry.metadata_json is None else orjson.Fragment(entry.metadata_json)
+            ),
+            "success": entry.success,
+            "created_at": entry.created_at,
+        }
+        for entry in page.items
+    ]
+    return orjson.dumps({"items": items, "next_cursor": page.next_cursor})
 
 
 @routes.get(
@@ -186,4 +217,4 @@ async def _transactions_page(
     public=True,
 )
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(request.config_dict[OPENAPI])
+    return json_ok(request.config_dict[OPENAPI])

@@ -7,6 +7,7 @@ API tokens are shown once; only their SHA-256 hash and a short prefix are stored
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -36,6 +37,7 @@ MAX_TOKEN_NAME = 100
 TOUCH_INTERVAL = timedelta(seconds=60)
 # A token seen valid is trusted this long without a query (revoking here takes effect at once;
 # a revocation by another process, and a change of the user's role, within this many seconds).
+# Requests that find the entry missing or expired share one query per token.
 AUTH_CACHE_SECONDS = 5.0
 AUTH_CACHE_SIZE = 10_000
 
@@ -79,6 +81,10 @@ class AccountService:
         self._users = users_service
         self._credits = credits
         self._auth_cache: dict[str, tuple[float, TokenAuth]] = {}
+        # The lookup in flight per token hash, shared by the requests that wait for it.
+        self._auth_lookups: dict[str, asyncio.Task[TokenAuth | None]] = {}
+        # Bumped by every revocation: a lookup that started before one does not cache its answer.
+        self._auth_generation = 0
 
     # Sign-in identities -------------------------------------------------------------------
 
@@ -268,7 +274,11 @@ class AccountService:
             if token is None or token.user_id != user_id or token.revoked_at is not None:
                 raise NotFound("There is no such active token on your account.")
             await api_tokens.revoke(session, token=token)
+        self._auth_generation += 1
         self._auth_cache.pop(token.token_hash, None)
+        # A lookup still running may have read the token before the revocation: later requests
+        # must not share its answer.
+        self._auth_lookups.pop(token.token_hash, None)
         log.info("api token revoked user=%s token=%s", user_id, token_id)
         return token
 
@@ -280,6 +290,22 @@ class AccountService:
         cached = self._auth_cache.get(digest)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        # Every request in flight finds an expired entry at the same moment: without sharing,
+        # each of them would run the query (tens of them at once on a busy token).
+        lookup = self._auth_lookups.get(digest)
+        if lookup is None:
+            lookup = asyncio.get_running_loop().create_task(self._look_up_token(digest))
+            self._auth_lookups[digest] = lookup
+            lookup.add_done_callback(lambda done: self._forget_lookup(digest, done))
+        # Shielded: one waiter's cancellation must not cancel the lookup the others wait for.
+        return await asyncio.shield(lookup)
+
+    def _forget_lookup(self, digest: str, lookup: asyncio.Task[TokenAuth | None]) -> None:
+        if self._auth_lookups.get(digest) is lookup:
+            del self._auth_lookups[digest]
+
+    async def _look_up_token(self, digest: str) -> TokenAuth | None:
+        generation = self._auth_generation
         async with self._db.session() as session:
             found = await api_tokens.get_active_with_user(session, token_hash=digest)
         if found is None:
@@ -295,7 +321,7 @@ class AccountService:
         auth = TokenAuth(user=user, token_id=row.id or 0)
         if len(self._auth_cache) >= AUTH_CACHE_SIZE:
             self._auth_cache.clear()
-        if self.auth_cache_seconds > 0:
+        if self.auth_cache_seconds > 0 and generation == self._auth_generation:
             self._auth_cache[digest] = (time.monotonic() + self.auth_cache_seconds, auth)
         return auth
 

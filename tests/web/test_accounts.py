@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import ApiToken, utcnow
+from core.repositories import api_tokens
 from core.services.container import Services
 from tests.core.helpers import make_user, next_discord_id
 
@@ -224,3 +226,62 @@ async def test_valid_tokens_are_cached_briefly(services: Services) -> None:
     assert await services.accounts.authenticate(second.plaintext) is not None
     await asyncio.sleep(0.35)
     assert await services.accounts.authenticate(second.plaintext) is None
+
+
+async def test_requests_that_miss_the_cache_share_one_lookup(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await make_user(services)
+    created = await services.accounts.create_token(user.id or 0, "busy")
+    lookups: list[str] = []
+    original = api_tokens.get_active_with_user
+
+    async def counting(session: Any, *, token_hash: str) -> Any:
+        lookups.append(token_hash)
+        await asyncio.sleep(0.05)  # long enough for every request below to arrive meanwhile
+        return await original(session, token_hash=token_hash)
+
+    monkeypatch.setattr(api_tokens, "get_active_with_user", counting)
+    found = await asyncio.gather(
+        *(services.accounts.authenticate_token(created.plaintext) for _ in range(20))
+    )
+    assert len(lookups) == 1
+    assert {(f.user.id, f.token_id) for f in found if f is not None} == {
+        (user.id, created.token.id)
+    }
+    assert all(f is not None for f in found)
+    unknown = "sb_" + "u" * 43
+    assert (
+        await asyncio.gather(*(services.accounts.authenticate(unknown) for _ in range(5)))
+        == [None] * 5
+    )
+    assert len(lookups) == 2  # unknown tokens are never cached, but still share the query
+
+
+async def test_a_revocation_during_a_lookup_is_honoured_at_once(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await make_user(services)
+    created = await services.accounts.create_token(user.id or 0, "racing")
+    read = asyncio.Event()
+    release = asyncio.Event()
+    original = api_tokens.get_active_with_user
+
+    async def slow(session: Any, *, token_hash: str) -> Any:
+        found = await original(session, token_hash=token_hash)
+        read.set()
+        await release.wait()  # the token was read as valid; the revocation lands now
+        return found
+
+    monkeypatch.setattr(api_tokens, "get_active_with_user", slow)
+    early = asyncio.create_task(services.accounts.authenticate(created.plaintext))
+    await read.wait()
+    await services.accounts.revoke_token(user.id or 0, created.token.id or 0)
+    monkeypatch.setattr(api_tokens, "get_active_with_user", original)
+    # A request after the revocation does not wait for the lookup that started before it.
+    after = services.accounts.authenticate(created.plaintext)
+    assert await asyncio.wait_for(after, 5) is None
+    release.set()
+    assert await early is not None  # it began before the revocation: either answer was right
+    # But its answer was not cached: the token stays refused.
+    assert await services.accounts.authenticate(created.plaintext) is None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import insert, null
 
 from core.errors import (
     Conflict,
@@ -14,10 +17,11 @@ from core.errors import (
     PermissionDenied,
     SoundboardError,
 )
-from core.models import User, utcnow
+from core.models import CreditTransaction, User, utcnow
+from core.services.credits import transaction_dict
 from tests.core.helpers import make_user
 from tests.web.conftest import Web, WebFactory
-from web.api import from_domain
+from web.api import from_domain, json_bytes
 
 
 async def _token(web: Web, user: User, name: str = "test") -> dict[str, str]:
@@ -279,3 +283,48 @@ async def test_pages_behind_a_cursor_carry_an_etag(web: Web) -> None:
     assert all(
         t["id"] not in {i["id"] for i in body["items"]} for t in (await theirs.json())["items"]
     )
+
+
+async def test_transaction_items_carry_what_the_ledger_rows_hold(web: Web) -> None:
+    user = await make_user(web.services, credits=30)
+    uid = user.id or 0
+    await web.services.credits.deduct(uid, 2, meta={"sound": "Grüße ✓", "n": [1, 2.5, None]})
+    await web.services.credits.grant(uid, 1, reason="test", actor=None)
+    async with web.services.db.transaction() as session:
+        await session.execute(
+            insert(CreditTransaction).values(
+                user_id=uid,
+                action="refund",
+                amount=0,
+                balance_before=29,
+                balance_after=29,
+                meta=null(),
+                success=False,
+                created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no fraction of a second
+            )
+        )
+    headers = await _token(web, user)
+    response = await web.client.get("/api/v1/credits/transactions?limit=2", headers=headers)
+    assert response.status == 200 and response.content_type == "application/json"
+    assert response.charset == "utf-8"
+    page = await response.json()
+    items = page["items"]
+    while page["next_cursor"]:
+        older = await web.client.get(
+            f"/api/v1/credits/transactions?limit=2&cursor={page['next_cursor']}", headers=headers
+        )
+        assert older.content_type == "application/json" and "ETag" in older.headers
+        page = await older.json()
+        items += page["items"]
+    rows = (await web.services.credits.history(uid, limit=10)).items
+    assert len(rows) == 5
+    # The same fields and values as the ledger's own dictionaries (the live stream, the CLI).
+    assert items == [transaction_dict(row) for row in rows]
+    assert [i["metadata"] for i in items][:2] == [None, {"reason": "test", "actor": None}]
+    assert items[0]["created_at"] == "2026-01-02T03:04:05+00:00" and items[0]["success"] is False
+
+
+def test_json_bytes_matches_the_json_module_where_orjson_differs() -> None:
+    for value in ({1: "a", "b": [True, None]}, {"big": 2**70}, {"text": "\ud800"}, {"x": 1.5}):
+        assert json.loads(json_bytes(value)) == json.loads(json.dumps(value))
+    assert json_bytes({"a": "Grüße"}) == '{"a":"Grüße"}'.encode()
