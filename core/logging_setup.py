@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
 import sys
 
@@ -37,11 +38,41 @@ class RedactingFilter(logging.Filter):
         self.secrets = secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message, self.secrets)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        # The message is built here once: the formatter then has no arguments to apply again.
+        record.msg, record.args = redact(record.getMessage(), self.secrets), None
         return True
+
+
+class SizeRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """RotatingFileHandler that formats each record once and asks the file system nothing
+    per record. The standard one formats every record twice and checks the path with two stat
+    calls before each line (to leave special files such as /dev/null alone), which made up a
+    third of the cost of a log line; the web app writes one per request. Here that check runs
+    when the file is opened."""
+
+    _regular: bool | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record) + self.terminator
+            if self.stream is None:
+                self.stream = self._open()
+            if self._regular is None:
+                self._regular = os.path.isfile(self.baseFilename)
+            if self.maxBytes > 0 and self._regular:
+                self.stream.seek(0, 2)  # the end, wherever other processes have written to
+                if self.stream.tell() + len(message) >= self.maxBytes:
+                    self.doRollover()
+            self.stream.write(message)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        self._regular = None
 
 
 def configure_logging(settings: Settings, *, console: bool = True) -> None:
@@ -66,7 +97,7 @@ def configure_logging(settings: Settings, *, console: bool = True) -> None:
     if settings.log_file is not None:
         settings.log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(
-            logging.handlers.RotatingFileHandler(
+            SizeRotatingFileHandler(
                 settings.log_file,
                 maxBytes=settings.log_max_bytes,
                 backupCount=settings.log_backup_count,

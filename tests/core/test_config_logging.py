@@ -72,3 +72,25 @@ def test_secrets_never_reach_the_log(tmp_path: Path) -> None:
         assert secret not in text
     assert redact("token=abc123") == "token=[redacted]"
     logging.getLogger().handlers.clear()
+
+
+def test_the_log_file_rotates_by_size_and_keeps_every_line(tmp_path: Path) -> None:
+    settings = load_settings(
+        data_dir=tmp_path, log_max_bytes=10_000, log_backup_count=50, _env_file=None
+    )
+    configure_logging(settings, console=False)
+    try:
+        log = logging.getLogger("tests.rotation")
+        for index in range(500):
+            log.warning("line %03d of the rotation test", index)
+    finally:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        logging.getLogger().handlers.clear()
+    logs = tmp_path / "logs"
+    # soundboard.log.N is older the larger N is; soundboard.log is the newest.
+    files = sorted(logs.glob("soundboard.log*"), key=lambda p: -int(p.name[15:] or 0))
+    assert len(files) > 3
+    assert all(f.stat().st_size <= 10_000 for f in files)
+    lines = [line for f in files for line in f.read_text().splitlines()]
+    assert [line.rsplit("line ", 1)[1][:3] for line in lines] == [f"{i:03d}" for i in range(500)]
