@@ -153,6 +153,9 @@ class SoundService:
         self.normalizer = Normalizer(settings)
         self._names: dict[int, tuple[float, list[tuple[int, str]]]] = {}
         self._recent_sounds: dict[int, tuple[float, Sound]] = {}
+        # (guild, typed name) -> sound id, for plays by name (a soundboard's favourites are
+        # played again and again); same lifetime and invalidation as _recent_sounds.
+        self._by_name: dict[tuple[int, str], tuple[float, int]] = {}
         self._pending_listeners: list[Callable[[], None]] = []
 
     # ----- adding -------------------------------------------------------------------------
@@ -352,12 +355,20 @@ class SoundService:
             sound = await self._recent(int(value))
             if sound is not None and sound.guild_id in (None, guild_id):
                 return sound
+        known = self._by_name.get((guild_id, value))
+        if known is not None and time.monotonic() - known[0] < SOUND_CACHE_SECONDS:
+            sound = await self._recent(known[1])
+            if sound is not None and sound.name == value and sound.guild_id in (None, guild_id):
+                return sound
         async with self._db.session() as session:
             sound = await repo.get_by_name(session, guild_id=guild_id, name=value)
             if sound is None:
                 sound = await repo.get_by_name(session, guild_id=None, name=value)
         if sound is None:
             raise NotFound(f"No sound called '{value[:100]}' here.")
+        if len(self._by_name) > 10_000:
+            self._by_name.clear()
+        self._by_name[(guild_id, value)] = (time.monotonic(), sound.id or 0)
         return sound
 
     async def views(self, items: Sequence[Sound]) -> list[SoundView]:
@@ -425,8 +436,11 @@ class SoundService:
 
     def _forget_sound(self, sound_id: int | None) -> None:
         self._recent_sounds.pop(sound_id or 0, None)
+        # Names change rarely: forget them all rather than index them by sound.
+        self._by_name.clear()
 
     def _forget_names(self, guild_id: int | None) -> None:
+        self._by_name.clear()
         if guild_id is None:
             self._names.clear()
         else:

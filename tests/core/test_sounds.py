@@ -191,6 +191,28 @@ async def test_guild_scoping_and_global_library(services: Services, tmp_path: Pa
     assert {s.name for s in page.items} == {"mine", "shared"}
 
 
+async def test_find_by_name_follows_renames_deletes_and_shadowing(
+    services: Services, tmp_path: Path
+) -> None:
+    """Plays by name are served from a short cache; every change made here is seen at once."""
+    shared = await services.sounds.add_file(
+        tone(tmp_path / "s.wav", freq=300), name="horn", normalize=False
+    )
+    assert (await services.sounds.find(9, "horn")).id == shared.sound.id
+    assert (await services.sounds.find(9, "horn")).id == shared.sound.id  # from the cache
+    # A server's own sound shadows the global one of the same name.
+    own = await services.sounds.add_file(
+        tone(tmp_path / "o.wav", freq=600), name="horn", guild_id=9, normalize=False
+    )
+    assert (await services.sounds.find(9, "horn")).id == own.sound.id
+    await services.sounds.rename(own.sound.id or 0, "horn2")
+    assert (await services.sounds.find(9, "horn")).id == shared.sound.id
+    assert (await services.sounds.find(9, "horn2")).id == own.sound.id
+    await services.sounds.delete(shared.sound.id or 0)
+    with pytest.raises(NotFound):
+        await services.sounds.find(9, "horn")
+
+
 async def test_autocomplete_prefix_then_fuzzy(services: Services, tmp_path: Path) -> None:
     for i, name in enumerate(["airhorn", "air raid", "bruh", "chair", "sad trombone"]):
         await services.sounds.add_file(
