@@ -4,12 +4,13 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, Select, Text, bindparam, cast, func, select
+from sqlalchemy import Integer, Select, Text, bindparam, cast, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel import col
 
-from core.db import Database
-from core.models import CreditTransaction
+from core.db import Database, InlineWrite, NotApplied
+from core.models import CreditTransaction, User, utcnow
 from core.repositories.base import MAX_PAGE_SIZE, Page, decode_cursor, encode_cursor, keyset_page
 
 
@@ -50,6 +51,90 @@ async def add(
     session.add(row)
     await session.flush()
     return row
+
+
+def _change_statement(conditional: bool) -> UpdateBase:
+    users = User.__table__.c  # type: ignore[attr-defined]
+    stmt = (
+        update(User)
+        .where(users.id == bindparam("user_id"))
+        .values(credits=users.credits + bindparam("delta"), updated_at=bindparam("now"))
+        .returning(users.credits, users.discord_id)
+    )
+    return stmt.where(users.credits >= bindparam("at_least")) if conditional else stmt
+
+
+def _add_statement() -> UpdateBase:
+    t = CreditTransaction.__table__.c  # type: ignore[attr-defined]
+    return (
+        insert(CreditTransaction)
+        .values(
+            user_id=bindparam("user_id"),
+            action=bindparam("action"),
+            amount=bindparam("delta"),
+            balance_before=bindparam("balance_before"),
+            balance_after=bindparam("balance_after"),
+            metadata=bindparam("meta", type_=t.metadata.type),
+            success=True,
+            created_at=bindparam("now"),
+        )
+        .returning(t.id)
+    )
+
+
+async def change_and_add_inline(
+    db: Database,
+    *,
+    user_id: int,
+    delta: int,
+    at_least: int | None,
+    action: str,
+    meta: dict[str, Any] | None,
+) -> tuple[CreditTransaction, int | None] | None:
+    """The balance change and its ledger row in one write transaction run inline
+    (Database.write_inline), the same statements as users.change_credits and add. Returns the
+    row and the member's Discord id; None when nothing changed and the caller must take the
+    session path (not SQLite here, another process writing, or the user missing or short of
+    `at_least`, which that path reports in detail)."""
+    change = db.write_query(
+        ("ledger.change", at_least is not None), lambda: _change_statement(at_least is not None)
+    )
+    add_row = db.write_query("ledger.add", _add_statement)
+    now = utcnow()
+    row_meta = meta or {}
+
+    def work(tx: InlineWrite) -> tuple[CreditTransaction, int | None]:
+        changed = tx.fetch(
+            change, {"user_id": user_id, "delta": delta, "now": now, "at_least": at_least}
+        )
+        if not changed:
+            raise NotApplied
+        balance, discord_id = int(changed[0][0]), changed[0][1]
+        values = {
+            "user_id": user_id,
+            "action": action,
+            "delta": delta,
+            "balance_before": balance - delta,
+            "balance_after": balance,
+            "meta": row_meta,
+            "now": now,
+        }
+        (row_id,) = tx.fetch(add_row, values)[0]
+        row = CreditTransaction(
+            id=row_id,
+            user_id=user_id,
+            action=action,
+            amount=delta,
+            balance_before=balance - delta,
+            balance_after=balance,
+            meta=row_meta,
+            success=True,
+            created_at=now,
+        )
+        return row, discord_id
+
+    done = await db.write_inline(work)
+    return None if done is None else done[0]
 
 
 async def get(session: AsyncSession, *, transaction_id: int) -> CreditTransaction | None:

@@ -100,9 +100,17 @@ class CreditsService:
     async def _change(
         self, user_id: int, delta: int, *, action: str, meta: dict[str, Any] | None
     ) -> CreditTransaction:
+        # One conditional UPDATE: concurrent spenders can never take the balance below zero.
+        at_least = -delta if delta < 0 else None
+        # On SQLite, first as one inline write (a play's charge is on its start-latency path);
+        # PostgreSQL, a writer in another process, or a refusal take the session path below.
+        inline = await ledger.change_and_add_inline(
+            self._db, user_id=user_id, delta=delta, at_least=at_least, action=action, meta=meta
+        )
+        if inline is not None:
+            row, discord_id = inline
+            return await self._changed(user_id, discord_id, action, delta, row)
         async with self._db.transaction() as session:
-            # One conditional UPDATE: concurrent spenders can never take the balance below zero.
-            at_least = -delta if delta < 0 else None
             changed = await users.change_credits(
                 session, user_id=user_id, delta=delta, at_least=at_least
             )
@@ -125,12 +133,22 @@ class CreditsService:
                 balance_after=new_balance,
                 meta=meta,
             )
+        return await self._changed(user_id, discord_id, action, delta, row)
+
+    async def _changed(
+        self,
+        user_id: int,
+        discord_id: int | None,
+        action: str,
+        delta: int,
+        row: CreditTransaction,
+    ) -> CreditTransaction:
         log.info(
             "credits %s user=%s amount=%s balance=%s tx=%s",
             action,
             user_id,
             delta,
-            new_balance,
+            row.balance_after,
             row.id,
         )
         await self._publish(user_id, discord_id, row)
