@@ -4,12 +4,26 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Interval, Select, delete, func, literal, or_, select, text, update
+from sqlalchemy import (
+    Interval,
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
+from core.db import Database, InlineWrite
 from core.models import Sound, SoundPlayed, SoundTag, SoundType, User, utcnow
 from core.models.common import UTCDateTime
 from core.models.sound import NEEDS_NORMALIZING_SQL
@@ -171,6 +185,61 @@ async def record_play(
     session.add(row)
     await session.flush()
     return row
+
+
+def _count_play_statement() -> UpdateBase:
+    sounds = Sound.__table__.c  # type: ignore[attr-defined]
+    return (
+        update(Sound)
+        .where(sounds.id == bindparam("sound_id"))
+        .values(play_count=sounds.play_count + 1)
+    )
+
+
+def _played_statement() -> UpdateBase:
+    played = SoundPlayed.__table__.c  # type: ignore[attr-defined]
+    return (
+        insert(SoundPlayed)
+        .values(
+            user_id=bindparam("user_id"),
+            sound_id=bindparam("sound_id"),
+            sound_name=bindparam("sound_name"),
+            guild_id=bindparam("guild_id"),
+            channel_id=bindparam("channel_id"),
+            played_at=bindparam("played_at"),
+        )
+        .returning(played.id)
+    )
+
+
+async def record_play_inline(
+    db: Database,
+    *,
+    sound: Sound,
+    user_id: int | None,
+    guild_id: int | None,
+    channel_id: int | None,
+) -> SoundPlayed | None:
+    """What record_play writes, as one inline write (Database.write_inline); None when it
+    cannot run inline (not SQLite here, another process writing): use record_play."""
+    count = db.write_query("sounds.count_play", _count_play_statement)
+    add = db.write_query("sounds.played", _played_statement)
+    row = SoundPlayed(
+        user_id=user_id,
+        sound_id=sound.id,
+        sound_name=sound.name,
+        guild_id=guild_id,
+        channel_id=channel_id,
+        played_at=utcnow(),
+    )
+
+    def work(tx: InlineWrite) -> SoundPlayed:
+        tx.fetch(count, {"sound_id": sound.id})
+        (row.id,) = tx.fetch(add, row.model_dump())[0]
+        return row
+
+    done = await db.write_inline(work)
+    return None if done is None else done[0]
 
 
 async def top_sounds(

@@ -516,6 +516,14 @@ class SoundService:
     async def record_play(
         self, sound: Sound, *, user_id: int | None, guild_id: int | None, channel_id: int | None
     ) -> SoundPlayed:
+        # Inline on SQLite: 500 plays starting at once left 500 of these transactions hopping
+        # through aiosqlite's threads while the audio played, and those threads took the GIL
+        # from the pacer on the event loop.
+        row = await repo.record_play_inline(
+            self._db, sound=sound, user_id=user_id, guild_id=guild_id, channel_id=channel_id
+        )
+        if row is not None:
+            return row
         async with self._db.transaction() as session:
             return await repo.record_play(
                 session, sound=sound, user_id=user_id, guild_id=guild_id, channel_id=channel_id

@@ -12,10 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from core.errors import InsufficientCredits
-from core.models import CreditTransaction, User
+from core.models import CreditTransaction, SoundPlayed, User
 from core.services.container import Services
 from tests.conftest import make_settings
 from tests.core.helpers import make_user
+from tests.core.test_sounds import tone
 
 
 @pytest.fixture
@@ -126,3 +127,39 @@ async def test_concurrent_inline_charges_never_overdraw(sqlite_services: Service
     assert sorted(r.balance_after for r in spent) == list(range(50))
     assert (await services.users.get(uid)).credits == 0
     assert await services.credits.verify() == []
+
+
+async def test_play_record_inline_matches_the_orm_and_waits_for_other_writers(
+    sqlite_services: Services, tmp_path: Path
+) -> None:
+    services = sqlite_services
+    user = await make_user(services)
+    added = await services.sounds.add_file(
+        tone(tmp_path / "t.wav"), name="ding", guild_id=5, normalize=False
+    )
+    sound = added.sound
+    played = await services.sounds.record_play(sound, user_id=user.id, guild_id=5, channel_id=50)
+    # What was tried: another connection holds the write lock during the second record.
+    other = sqlite3.connect(database_file(services), timeout=0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    second = asyncio.create_task(
+        services.sounds.record_play(sound, user_id=None, guild_id=5, channel_id=None)
+    )
+    await asyncio.sleep(0.2)
+    assert not second.done()
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(second, timeout=10)
+    async with services.db.session() as session:
+        stored = await session.get(SoundPlayed, played.id)
+    assert stored is not None
+    assert (stored.sound_id, stored.sound_name, stored.user_id, stored.guild_id) == (
+        sound.id,
+        "ding",
+        user.id,
+        5,
+    )
+    assert stored.channel_id == 50 and stored.played_at == played.played_at
+    assert (await services.sounds.get(sound.id or 0)).play_count == 2
+    stats = await services.sounds.stats(5)
+    assert stats.top_sounds == [("ding", 2)]
