@@ -109,7 +109,7 @@ class CreditsService:
         )
         if inline is not None:
             row, discord_id = inline
-            return await self._changed(user_id, discord_id, action, delta, row)
+            return await self._changed(discord_id, row)
         async with self._db.transaction() as session:
             changed = await users.change_credits(
                 session, user_id=user_id, delta=delta, at_least=at_least
@@ -133,25 +133,18 @@ class CreditsService:
                 balance_after=new_balance,
                 meta=meta,
             )
-        return await self._changed(user_id, discord_id, action, delta, row)
+        return await self._changed(discord_id, row)
 
-    async def _changed(
-        self,
-        user_id: int,
-        discord_id: int | None,
-        action: str,
-        delta: int,
-        row: CreditTransaction,
-    ) -> CreditTransaction:
+    async def _changed(self, discord_id: int | None, row: CreditTransaction) -> CreditTransaction:
         log.info(
             "credits %s user=%s amount=%s balance=%s tx=%s",
-            action,
-            user_id,
-            delta,
+            row.action,
+            row.user_id,
+            row.amount,
             row.balance_after,
             row.id,
         )
-        await self._publish(user_id, discord_id, row)
+        await self._publish(row.user_id, discord_id, row)
         return row
 
     async def refill_if_due(
