@@ -15,8 +15,8 @@ from core.errors import InsufficientCredits
 from core.models import CreditTransaction, SoundPlayed, User
 from core.services.container import Services
 from tests.conftest import make_settings
+from tests.core import audiogen
 from tests.core.helpers import make_user
-from tests.core.test_sounds import tone
 
 
 @pytest.fixture
@@ -135,7 +135,10 @@ async def test_play_record_inline_matches_the_orm_and_waits_for_other_writers(
     services = sqlite_services
     user = await make_user(services)
     added = await services.sounds.add_file(
-        tone(tmp_path / "t.wav"), name="ding", guild_id=5, normalize=False
+        audiogen.render(tmp_path / "t.wav", "sine=frequency=440", seconds=1.0),
+        name="ding",
+        guild_id=5,
+        normalize=False,
     )
     sound = added.sound
     played = await services.sounds.record_play(sound, user_id=user.id, guild_id=5, channel_id=50)

@@ -141,7 +141,7 @@ class VoiceServer:
         self.packets: dict[int, list[RtpPacket]] = {}
         self.speaking: list[SpeakingEvent] = []
         self.ws_frames_received: list[dict[str, Any]] = []
-        # Set by load benchmarks: record (sequence, arrival_ns) per guild, skip decryption.
+        # Set by start_header_sink: record (sequence, arrival_ns) per guild, skip decryption.
         self.headers_only = False
         self.header_log: dict[int, list[tuple[int, int]]] = {}
         self._sink: _HeaderSink | None = None
@@ -411,9 +411,8 @@ class VoiceServer:
             _log.debug("RTP for unknown ssrc %s", ssrc)
             return
         if self.headers_only:
-            # Load benchmarks: thousands of packets a second, only their timing matters.
-            sequence = struct.unpack_from(">H", data, 2)[0]
-            self.header_log.setdefault(conn.guild_id, []).append((sequence, arrival_ns))
+            # A connection made before the benchmark's header sink started still sends here.
+            self._log_header(data, arrival_ns)
             return
         packet = decrypt_rtpsize_packet(data, conn.secret_key)
         if packet is None:
